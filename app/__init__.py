@@ -1,0 +1,149 @@
+"""Digit Service: the application factory.
+
+Reading ``create_app`` tells you the whole app: configuration, extensions, blueprints,
+error handlers, CLI commands and the model that serves predictions.
+"""
+
+import json
+import os
+import secrets
+
+from flask import Flask
+from sqlalchemy import event
+
+from config import get_config
+
+
+def create_app(config_name=None, test_config=None):
+    """Build an app for ``config_name`` (default: ``APP_ENV``), with optional overrides."""
+    app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
+    config_class = get_config(config_name)
+    app.config.from_object(config_class)
+    if test_config:
+        app.config.update(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    configure_database_uri(app)
+    ensure_development_secrets(app)
+    config_class.validate(app.config)
+
+    from app.logs import configure_logging
+
+    configure_logging(app)
+    configure_proxy(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_commands(app)
+    register_model_service(app)
+    return app
+
+
+def configure_database_uri(app):
+    """Default to a SQLite file in the instance folder (the embedded set-up)."""
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        path = os.path.join(app.instance_path, "digit_service.sqlite3")
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    if uri.startswith("postgres://"):  # the scheme Heroku-style URLs use; SQLAlchemy wants postgresql
+        uri = "postgresql://" + uri[len("postgres://"):]
+    if uri.startswith("postgresql://"):
+        uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
+    app.config["SQLALCHEMY_DATABASE_URI"] = uri
+
+
+def ensure_development_secrets(app):
+    """Outside production, make random secrets once and keep them in the instance folder.
+
+    Nothing secret is hard-coded, and tokens survive a restart of the development server.
+    """
+    if app.config["APP_ENV"] == "production":
+        return
+    missing = [name for name in ("SECRET_KEY", "JWT_SECRET_KEY") if not app.config.get(name)]
+    if not missing:
+        return
+    path = os.path.join(app.instance_path, "secrets.json")
+    stored = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            stored = json.load(fh)
+    if any(name not in stored for name in missing):
+        stored.update({name: secrets.token_urlsafe(48) for name in missing if name not in stored})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh)
+    for name in missing:
+        app.config[name] = stored[name]
+
+
+def configure_proxy(app):
+    """Trust X-Forwarded-* only from the configured number of proxies (rate limits key on it)."""
+    hops = app.config["PROXY_FIX_HOPS"]
+    if hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
+
+def register_extensions(app):
+    from app import security
+    from app.extensions import api, bcrypt, db, jwt, limiter, mail, migrate
+    from app.schemas import ErrorSchema
+
+    db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", _sqlite_pragmas)
+    migrate.init_app(app, db, render_as_batch=True, compare_type=True)
+    bcrypt.init_app(app)
+    jwt.init_app(app)
+    security.init_app(app)
+    limiter.init_app(app)
+    mail.init_app(app)
+    api.ERROR_SCHEMA = ErrorSchema
+    api.init_app(app)
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+
+
+def _sqlite_pragmas(dbapi_connection, _record):
+    """WAL and a busy timeout on every connection: threads and workers write concurrently."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def register_blueprints(app):
+    from app.api import admin, auth, feedback, health, predict_v1, predict_v2
+    from app.extensions import api
+
+    for blueprint in (
+        health.bp,
+        auth.bp,
+        auth.legacy_bp,
+        predict_v1.bp,
+        predict_v2.bp,
+        feedback.bp,
+        admin.bp,
+    ):
+        api.register_blueprint(blueprint)
+
+
+def register_error_handlers(app):
+    from app.errors import register_error_handlers as register
+
+    register(app)
+
+
+def register_commands(app):
+    from app import cli
+
+    cli.init_app(app)
+
+
+def register_model_service(app):
+    from app.serving import ModelService
+
+    ModelService().init_app(app)

@@ -1,0 +1,101 @@
+"""Admin: model versions, feedback statistics and retraining."""
+
+from flask import current_app, url_for
+from flask_jwt_extended import get_jwt_identity
+from flask_smorest import Blueprint
+
+from app.schemas import (
+    FeedbackStatsSchema,
+    ModelListSchema,
+    ModelVersionSchema,
+    RetrainAcceptedSchema,
+    RetrainJobSchema,
+    RetrainRequestSchema,
+)
+from app.security import role_required
+from app.services import feedback as feedback_service
+from app.services import model_versions, retraining
+
+bp = Blueprint("admin", __name__, url_prefix="/admin", description="Administration (admin role)")
+
+ADMIN = [{"bearerAuth": []}]
+
+
+def _version_body(row):
+    return {
+        "version": row.version,
+        "status": row.status,
+        "active": row.status == "active",
+        "parent_version": row.parent_version,
+        "sha256": row.sha256,
+        "file_path": row.file_path,
+        "metrics": row.metrics or {},
+        "created_at": row.created_at,
+        "activated_at": row.activated_at,
+    }
+
+
+@bp.get("/models")
+@role_required("admin")
+@bp.response(200, ModelListSchema)
+@bp.doc(security=ADMIN)
+def list_models():
+    """Every model version with its metrics, and which one is active."""
+    active = model_versions.active_version()
+    service = current_app.extensions["model_service"]
+    return {
+        "active_version": active.version if active else None,
+        "served_version": service.current_version,
+        "models": [_version_body(row) for row in model_versions.list_versions()],
+    }
+
+
+@bp.post("/models/<version>/activate")
+@role_required("admin")
+@bp.response(200, ModelVersionSchema)
+@bp.doc(security=ADMIN)
+def activate_model(version):
+    """Serve ``version`` from now on, in every worker (rollback or roll forward)."""
+    row = model_versions.activate_version(version)
+    return _version_body(row)
+
+
+@bp.get("/feedback/stats")
+@role_required("admin")
+@bp.response(200, FeedbackStatsSchema)
+@bp.doc(security=ADMIN)
+def feedback_stats():
+    """Feedback counts per label and model version, the live model's error rate, what is new."""
+    return feedback_service.stats()
+
+
+@bp.post("/retrain")
+@role_required("admin")
+@bp.arguments(RetrainRequestSchema, required=False)
+@bp.response(202, RetrainAcceptedSchema)
+@bp.alt_response(409, description="a job is already queued or running")
+@bp.alt_response(422, description="too little feedback")
+@bp.doc(security=ADMIN)
+def start_retrain(data):
+    """Start retraining on stored feedback in the background; poll ``status_url``."""
+    job = retraining.start_retrain(requested_by=int(get_jwt_identity()), force=(data or {}).get("force", False))
+    status_url = url_for("admin.retrain_status", job_id=job.id)
+    return {"job_id": job.id, "status": job.status, "status_url": status_url}, 202, {"Location": status_url}
+
+
+@bp.get("/retrain/<int:job_id>")
+@role_required("admin")
+@bp.response(200, RetrainJobSchema)
+@bp.doc(security=ADMIN)
+def retrain_status(job_id):
+    """Status, progress, timings, metrics, resulting version and error of a retrain job."""
+    return retraining.job_body(retraining.get_job(job_id))
+
+
+@bp.get("/retrain")
+@role_required("admin")
+@bp.response(200, RetrainJobSchema(many=True))
+@bp.doc(security=ADMIN)
+def list_retrain_jobs():
+    """The 50 most recent retrain jobs, newest first."""
+    return [retraining.job_body(job) for job in retraining.recent_jobs(50)]

@@ -1,0 +1,95 @@
+"""Accounts and tokens: register, login, refresh, logout, me."""
+
+from flask import current_app, request
+from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
+from flask_smorest import Blueprint
+
+from app.extensions import limiter
+from app.schemas import (
+    AccessTokenSchema,
+    LoginSchema,
+    MessageSchema,
+    RegisterSchema,
+    TokenPairSchema,
+    UserSchema,
+)
+from app.services import accounts
+
+bp = Blueprint("auth", __name__, url_prefix="/auth", description="Accounts and tokens")
+# The original service logged in at /login; old clients still do.
+legacy_bp = Blueprint("legacy", __name__, description="Routes kept for old clients")
+
+BEARER = [{"bearerAuth": []}]
+
+
+def _login_limit():
+    return current_app.config["RATELIMIT_LOGIN"]
+
+
+def _register_limit():
+    return current_app.config["RATELIMIT_REGISTER"]
+
+
+@bp.post("/register")
+@limiter.limit(_register_limit)
+@bp.arguments(RegisterSchema)
+@bp.response(201, UserSchema)
+@bp.alt_response(409, description="username taken")
+def register(data):
+    """Create an account (role ``user``)."""
+    return accounts.create_user(data["username"], data["password"], email=data.get("email"))
+
+
+def _login(data):
+    user = accounts.authenticate(data["username"], data["password"])
+    return accounts.issue_tokens(user)
+
+
+@bp.post("/login")
+@limiter.limit(_login_limit)
+@bp.arguments(LoginSchema)
+@bp.response(200, TokenPairSchema)
+@bp.alt_response(401, description="wrong username or password")
+def login(data):
+    """Exchange credentials for an access token and a refresh token."""
+    return _login(data)
+
+
+@legacy_bp.post("/login")
+@limiter.limit(_login_limit)
+@legacy_bp.arguments(LoginSchema)
+@legacy_bp.response(200, TokenPairSchema)
+def legacy_login(data):
+    """Same as ``POST /auth/login`` (kept for clients of the original service)."""
+    return _login(data)
+
+
+@bp.post("/refresh")
+@jwt_required(refresh=True)
+@bp.response(200, AccessTokenSchema)
+@bp.doc(security=BEARER)
+def refresh():
+    """A new access token from a refresh token (send the refresh token as the bearer)."""
+    return {"access_token": accounts.refresh_access_token(get_jwt_identity())}
+
+
+@bp.post("/logout")
+@jwt_required(verify_type=False)
+@bp.response(200, MessageSchema)
+@bp.doc(security=BEARER)
+def logout():
+    """Revoke the bearer token; a JSON ``{"refresh_token": ...}`` body revokes that one too."""
+    accounts.revoke_token(get_jwt())
+    body = request.get_json(silent=True) or {}
+    if isinstance(body, dict) and isinstance(body.get("refresh_token"), str):
+        accounts.revoke_encoded_token(body["refresh_token"], get_jwt_identity())
+    return {"message": "token revoked"}
+
+
+@bp.get("/me")
+@jwt_required()
+@bp.response(200, UserSchema)
+@bp.doc(security=BEARER)
+def me():
+    """The caller's account."""
+    return accounts.get_user(get_jwt_identity())

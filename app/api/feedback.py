@@ -1,0 +1,78 @@
+"""Feedback from users: the true label of a prediction, or a labelled upload."""
+
+from flask import request
+from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
+from flask_smorest import Blueprint
+
+from app.api.uploads import read_multipart_file
+from app.errors import ApiError, ValidationFailed
+from app.schemas import FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, PageQuerySchema
+from app.services import feedback as feedback_service
+
+bp = Blueprint("feedback", __name__, url_prefix="/api/v2", description="Feedback on predictions")
+
+FEEDBACK_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": FeedbackRequestSchema},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "label": {"type": "integer", "minimum": 0, "maximum": 9},
+                },
+                "required": ["file", "label"],
+            }
+        },
+    },
+}
+
+
+def _multipart_label():
+    raw = request.form.get("label", "")
+    if not raw.strip().isdigit():
+        raise ValidationFailed("label must be an integer from 0 to 9", details={"label": ["0-9"]})
+    return int(raw)
+
+
+@bp.post("/feedback")
+@jwt_required()
+@bp.response(201, FeedbackSchema)
+@bp.doc(security=[{"bearerAuth": []}], requestBody=FEEDBACK_BODY)
+def give():
+    """Tell the service the true digit: JSON ``{prediction_id, label}`` or multipart ``file`` + ``label``.
+
+    Giving feedback on the same prediction again replaces its label.
+    """
+    user_id = int(get_jwt_identity())
+    if request.mimetype.startswith("multipart/form-data"):
+        upload = read_multipart_file()
+        feedback = feedback_service.give_labelled_sample(upload, _multipart_label(), user_id=user_id)
+        return feedback_service.serialize(feedback)
+    if not request.is_json:
+        raise ApiError("send JSON or multipart/form-data", status=415, code="unsupported_media_type")
+    data = FeedbackRequestSchema().load(_json_body())
+    feedback, _created = feedback_service.give_feedback(
+        data["prediction_id"], data["label"], user_id=user_id, is_admin=get_jwt().get("role") == "admin"
+    )
+    return feedback_service.serialize(feedback)
+
+
+def _json_body():
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError("request body is not valid JSON", code="invalid_json")
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return body
+
+
+@bp.get("/feedback")
+@jwt_required()
+@bp.arguments(PageQuerySchema, location="query")
+@bp.response(200, FeedbackPageSchema)
+@bp.doc(security=[{"bearerAuth": []}])
+def list_own(query):
+    """The caller's own feedback, newest first (``?page=&per_page=``)."""
+    return feedback_service.list_own(int(get_jwt_identity()), query["page"], query["per_page"])

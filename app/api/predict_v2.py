@@ -1,0 +1,52 @@
+"""Version 2 of predict: probabilities, model version and a prediction id for feedback."""
+
+from flask import current_app
+from flask_jwt_extended import get_jwt_identity, jwt_required
+from flask_smorest import Blueprint
+
+from app.api.uploads import MANY_UPLOADS_BODY, SINGLE_UPLOAD_OR_BASE64_BODY, read_many_uploads, read_single_upload
+from app.extensions import limiter
+from app.schemas import BatchPredictionSchema, PredictionV2Schema
+from app.services.predictions import predict_uploads
+
+bp = Blueprint("predict_v2", __name__, url_prefix="/api/v2", description="Predict, version 2")
+
+
+def _v2_limit():
+    return current_app.config["RATELIMIT_V2_PREDICT"]
+
+
+def v2_body(row):
+    return {
+        "prediction": row.predicted,
+        "confidence": row.confidence,
+        "probabilities": row.probabilities,
+        "model_version": row.model_version,
+        "prediction_id": row.id,
+        "api_version": "v2",
+    }
+
+
+@bp.post("/predict")
+@jwt_required()
+@limiter.limit(_v2_limit)
+@bp.response(200, PredictionV2Schema)
+@bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_OR_BASE64_BODY)
+def predict():
+    """Predict one image: multipart ``file`` or JSON ``{"image": "<base64>"}``."""
+    [row], _version = predict_uploads(
+        [read_single_upload(allow_base64=True)], user_id=int(get_jwt_identity()), api_version="v2"
+    )
+    return v2_body(row)
+
+
+@bp.post("/predict/batch")
+@jwt_required()
+@limiter.limit(_v2_limit)
+@bp.response(200, BatchPredictionSchema)
+@bp.doc(security=[{"bearerAuth": []}], requestBody=MANY_UPLOADS_BODY)
+def predict_batch():
+    """Predict up to ``BATCH_MAX_FILES`` (64) images in one inference; results keep the order sent."""
+    uploads = read_many_uploads(limit=current_app.config["BATCH_MAX_FILES"])
+    rows, version = predict_uploads(uploads, user_id=int(get_jwt_identity()), api_version="v2")
+    return {"predictions": [v2_body(row) for row in rows], "model_version": version}

@@ -1,0 +1,108 @@
+"""Reading image uploads from a request: multipart files or JSON base64."""
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from flask import request
+
+from app.errors import ApiError, ValidationFailed
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+
+# OpenAPI request bodies for the upload endpoints (the schemas cannot express "either").
+SINGLE_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        }
+    },
+}
+SINGLE_UPLOAD_OR_BASE64_BODY = {
+    "required": True,
+    "content": {
+        **SINGLE_UPLOAD_BODY["content"],
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "byte", "description": "base64 image file"}},
+                "required": ["image"],
+            }
+        },
+    },
+}
+MANY_UPLOADS_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": ["files"],
+            }
+        }
+    },
+}
+
+
+def _unsupported():
+    return ApiError(
+        "send the image as multipart/form-data (field 'file') or JSON {\"image\": \"<base64>\"}",
+        status=415,
+        code="unsupported_media_type",
+    )
+
+
+def _from_file_storage(storage):
+    return Upload(storage.read(), storage.filename, storage.mimetype or None)
+
+
+def read_multipart_file(field="file"):
+    if not request.mimetype.startswith("multipart/form-data"):
+        raise _unsupported()
+    storage = request.files.get(field)
+    if storage is None:
+        raise ValidationFailed(f"multipart field '{field}' is required", details={field: ["required"]})
+    return _from_file_storage(storage)
+
+
+def read_single_upload(allow_base64=False):
+    """One image from multipart ``file`` or, where allowed, JSON ``{"image": base64}``."""
+    if allow_base64 and request.is_json:
+        body = request.get_json(silent=True)
+        if body is None:
+            raise ApiError("request body is not valid JSON", code="invalid_json")
+        image = body.get("image") if isinstance(body, dict) else None
+        if not isinstance(image, str):
+            raise ValidationFailed("'image' must be a base64 string", details={"image": ["required"]})
+        if image.startswith("data:") and "," in image:  # accept data URLs from browsers' canvases
+            image = image.split(",", 1)[1]
+        try:
+            data = base64.b64decode(image, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError("'image' is not valid base64", code="invalid_base64") from None
+        return Upload(data, None, None)
+    return read_multipart_file()
+
+
+def read_many_uploads(field="files", limit=64):
+    """Several images from repeated multipart fields, in the order sent."""
+    if not request.mimetype.startswith("multipart/form-data"):
+        raise _unsupported()
+    files = request.files.getlist(field)
+    if not files:
+        raise ValidationFailed(f"multipart field '{field}' is required", details={field: ["required"]})
+    if len(files) > limit:
+        raise ValidationFailed(f"at most {limit} files per batch", details={field: [f"at most {limit}"]})
+    return [_from_file_storage(f) for f in files]

@@ -1,0 +1,125 @@
+"""Command-line tools: ``flask --app wsgi <command>``."""
+
+import json
+import sys
+
+import click
+from flask import current_app
+from flask.cli import AppGroup, with_appcontext
+
+from app.extensions import db
+
+
+def init_app(app):
+    app.cli.add_command(create_admin)
+    app.cli.add_command(status)
+    app.cli.add_command(model_cli)
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.argument("username")
+@click.option("--email", default=None, help="where job reports are mailed")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+def create_admin(username, email, password_stdin):
+    """Create an admin account (or promote an existing user after checking the password)."""
+    from marshmallow import ValidationError
+
+    from app.entities import User
+    from app.schemas import RegisterSchema
+    from app.services import accounts
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        RegisterSchema().load({"username": username, "password": password, "email": email})
+    except ValidationError as exc:
+        raise click.ClickException(json.dumps(exc.messages))
+    existing = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
+    if existing is not None:
+        accounts.authenticate(username, password)  # promoting needs the account's own password
+        existing.role = "admin"
+        if email:
+            existing.email = email
+        db.session.commit()
+        click.echo(f"user {username!r} is now an admin")
+        return
+    user = accounts.create_user(username, password, email=email, role="admin")
+    click.echo(f"admin {user.username!r} created (id {user.id})")
+
+
+@click.command("status")
+@with_appcontext
+def status():
+    """Say what a fresh install still needs: an admin, a model."""
+    from app.entities import User
+    from app.services.model_versions import active_version
+
+    admins = db.session.scalar(db.select(db.func.count(User.id)).filter_by(role="admin"))
+    model = active_version()
+    click.echo(f"database: {current_app.config['SQLALCHEMY_DATABASE_URI'].split('@')[-1]}")
+    click.echo(f"model: {model.version if model else 'shipped model (registered on first use)'}")
+    if not admins:
+        click.echo(
+            "No admin yet. Create the first one with:\n"
+            "  printf '%s\\n' 'a-long-password' | .venv/bin/flask --app wsgi create-admin admin --password-stdin"
+        )
+    else:
+        click.echo(f"admins: {admins}")
+
+
+model_cli = AppGroup("model", help="Train, evaluate, list and retrain digit models.")
+
+
+@model_cli.command("list")
+def list_models():
+    """Every registered model version; * marks the active one."""
+    from app.services.model_versions import list_versions
+
+    rows = list_versions()
+    if not rows:
+        click.echo("no model registered yet (the shipped one is registered on first use)")
+    for row in rows:
+        mark = "*" if row.status == "active" else " "
+        click.echo(f"{mark} {row.version:<24} {row.status:<10} {json.dumps(row.metrics or {}, sort_keys=True)}")
+
+
+@model_cli.command("train-base")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True), help="MNIST-format data (.npz or IDX)")
+@click.option("--epochs", default=None, type=int, help="training epochs (default: the recipe's)")
+@click.option("--seed", default=0, type=int)
+@click.option("--eval", "eval_dir", default=None, type=click.Path(exists=True), help="held-out data to report accuracy on")
+@click.option("--activate/--no-activate", default=True, help="serve the new model right away")
+def train_base(data_dir, epochs, seed, eval_dir, activate):
+    """Train a base model from scratch and register it as a new version."""
+    from app.services import model_versions
+
+    row = model_versions.train_base_version(data_dir, epochs=epochs, seed=seed, eval_dir=eval_dir, activate=activate,
+                                           progress=lambda f: click.echo(f"  {f:.0%}", err=True))
+    click.echo(json.dumps({"model_version": row.version, "status": row.status, "metrics": row.metrics}))
+
+
+@model_cli.command("evaluate")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
+              help="MNIST-format data, or a folder of images with labels.csv")
+@click.option("--version", default=None, help="model version (default: the active one)")
+def evaluate(data_dir, version):
+    """Accuracy of a model version on labelled data, through the API's preprocessing."""
+    from app.services import model_versions
+
+    click.echo(json.dumps(model_versions.evaluate_version(data_dir, version=version)))
+
+
+@model_cli.command("retrain")
+@click.option("--wait", is_flag=True, help="run here and wait for the outcome")
+@click.option("--force", is_flag=True, help="skip the promotion gate")
+def retrain(wait, force):
+    """Start a retrain on stored feedback, as POST /admin/retrain does."""
+    from app.services import retraining
+
+    job = retraining.start_retrain(requested_by=None, force=force, run_inline=wait)
+    click.echo(json.dumps(retraining.job_body(job), default=str))
+    if wait and job.status == "failed":
+        sys.exit(1)

@@ -1,0 +1,174 @@
+"""Request and response schemas: validation at the edge and the OpenAPI document."""
+
+import re
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
+PASSWORD_MIN_LENGTH = 8
+# bcrypt only reads 72 bytes (bcrypt 5 raises beyond): refuse instead of silently truncating.
+PASSWORD_MAX_BYTES = 72
+
+
+class ErrorBody(Schema):
+    code = fields.String(required=True, metadata={"example": "validation_error"})
+    message = fields.String(required=True)
+    details = fields.Dict(metadata={"description": "field errors, when there are any"})
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBody, required=True)
+
+
+class RegisterSchema(Schema):
+    username = fields.String(required=True, metadata={"example": "ada"})
+    password = fields.String(required=True, load_only=True, metadata={"example": "correct horse battery"})
+    email = fields.Email(load_default=None, allow_none=True)
+
+    @validates("username")
+    def _username(self, value, **_):
+        if not USERNAME_PATTERN.match(value):
+            raise ValidationError("3-32 characters: letters, digits, '_', '.', '-'")
+
+    @validates("password")
+    def _password(self, value, **_):
+        if len(value) < PASSWORD_MIN_LENGTH:
+            raise ValidationError(f"at least {PASSWORD_MIN_LENGTH} characters")
+        if len(value.encode("utf-8")) > PASSWORD_MAX_BYTES:
+            raise ValidationError(f"at most {PASSWORD_MAX_BYTES} bytes")
+
+
+class LoginSchema(Schema):
+    username = fields.String(required=True)
+    password = fields.String(required=True, load_only=True)
+
+
+class UserSchema(Schema):
+    id = fields.Integer()
+    username = fields.String()
+    role = fields.String(metadata={"enum": ["user", "admin"]})
+
+
+class TokenPairSchema(Schema):
+    access_token = fields.String()
+    refresh_token = fields.String()
+
+
+class AccessTokenSchema(Schema):
+    access_token = fields.String()
+
+
+class MessageSchema(Schema):
+    message = fields.String()
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"example": "ok"})
+
+
+class ReadySchema(Schema):
+    status = fields.String(metadata={"example": "ready"})
+    database = fields.String()
+    model_version = fields.String(allow_none=True)
+
+
+class PredictionV1Schema(Schema):
+    prediccion = fields.Integer(metadata={"description": "predicted digit"})
+    probabilidad = fields.Float(metadata={"description": "its probability"})
+    version = fields.String(metadata={"example": "v1"})
+
+
+class PredictionV2Schema(Schema):
+    prediction = fields.Integer()
+    confidence = fields.Float()
+    probabilities = fields.List(fields.Float(), metadata={"description": "10 probabilities, digit 0 first"})
+    model_version = fields.String()
+    prediction_id = fields.Integer()
+    api_version = fields.String(metadata={"example": "v2"})
+
+
+class BatchPredictionSchema(Schema):
+    predictions = fields.List(fields.Nested(PredictionV2Schema))
+    model_version = fields.String()
+
+
+class FeedbackRequestSchema(Schema):
+    prediction_id = fields.Integer(required=True, strict=True)
+    label = fields.Integer(required=True, strict=True, validate=validate.Range(0, 9))
+
+
+class FeedbackSchema(Schema):
+    id = fields.Integer()
+    prediction_id = fields.Integer(allow_none=True)
+    label = fields.Integer()
+    predicted = fields.Integer(allow_none=True, metadata={"description": "what the model said, if predicted"})
+    model_version = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class PageQuerySchema(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+
+
+class FeedbackPageSchema(Schema):
+    items = fields.List(fields.Nested(FeedbackSchema))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+    pages = fields.Integer()
+
+
+class FeedbackStatsSchema(Schema):
+    total = fields.Integer()
+    per_label = fields.Dict(keys=fields.String(), values=fields.Integer())
+    per_model_version = fields.Dict(keys=fields.String(), values=fields.Dict())
+    live_model_version = fields.String(allow_none=True)
+    live_model_error_rate = fields.Float(allow_none=True)
+    live_model_feedback = fields.Integer()
+    since_last_retrain = fields.Integer()
+    last_retrain_at = fields.DateTime(allow_none=True)
+
+
+class ModelVersionSchema(Schema):
+    version = fields.String()
+    status = fields.String(metadata={"enum": ["candidate", "active", "retired", "rejected"]})
+    active = fields.Boolean()
+    parent_version = fields.String(allow_none=True)
+    sha256 = fields.String()
+    file_path = fields.String()
+    metrics = fields.Dict()
+    created_at = fields.DateTime()
+    activated_at = fields.DateTime(allow_none=True)
+
+
+class ModelListSchema(Schema):
+    active_version = fields.String(allow_none=True)
+    served_version = fields.String(allow_none=True, metadata={"description": "what this worker serves now"})
+    models = fields.List(fields.Nested(ModelVersionSchema))
+
+
+class RetrainRequestSchema(Schema):
+    force = fields.Boolean(load_default=False, metadata={"description": "skip the promotion gate"})
+
+
+class RetrainJobSchema(Schema):
+    job_id = fields.Integer(attribute="id")
+    status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "rejected", "failed"]})
+    progress = fields.Float()
+    force = fields.Boolean()
+    metrics = fields.Dict(allow_none=True)
+    model_version = fields.String(allow_none=True)
+    base_version = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    duration_seconds = fields.Float(allow_none=True)
+
+
+class RetrainAcceptedSchema(Schema):
+    job_id = fields.Integer()
+    status = fields.String()
+    status_url = fields.String()

@@ -1,0 +1,64 @@
+"""Token rules: what goes in a token, how revocation is checked, who may call what."""
+
+from functools import wraps
+
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+from app.entities import RevokedToken
+from app.errors import Forbidden, error_response
+from app.extensions import db, jwt
+
+
+def role_required(role):
+    """Allow only tokens whose ``role`` claim is ``role``.
+
+    The role is read from the signed claim (refreshed from the database at every refresh),
+    so checking it costs no database lookup and cannot race with a concurrent role change
+    for longer than one access token's life.
+    """
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            verify_jwt_in_request()
+            if get_jwt().get("role") != role:
+                raise Forbidden(f"this endpoint requires the {role} role")
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def init_app(app):
+    """Register the JWT callbacks: revocation check and JSON errors for token failures."""
+
+    @jwt.token_in_blocklist_loader
+    def _is_revoked(_header, payload):
+        return db.session.execute(
+            db.select(RevokedToken.id).filter_by(jti=payload["jti"])
+        ).first() is not None
+
+    @jwt.unauthorized_loader
+    def _missing(reason):
+        return error_response(401, reason, code="authorization_required")
+
+    @jwt.invalid_token_loader
+    def _invalid(reason):
+        return error_response(401, f"invalid token: {reason}", code="invalid_token")
+
+    @jwt.expired_token_loader
+    def _expired(_header, _payload):
+        return error_response(401, "token has expired", code="token_expired")
+
+    @jwt.revoked_token_loader
+    def _revoked(_header, _payload):
+        return error_response(401, "token has been revoked", code="token_revoked")
+
+    @jwt.needs_fresh_token_loader
+    def _not_fresh(_header, _payload):
+        return error_response(401, "fresh token required", code="fresh_token_required")
+
+    @jwt.user_lookup_error_loader
+    def _no_user(_header, _payload):
+        return error_response(401, "user no longer exists", code="invalid_token")

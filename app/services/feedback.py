@@ -1,0 +1,135 @@
+"""Feedback: users' true labels, the rules on who may give them, and the admin's view."""
+
+import math
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+
+from app.entities import Feedback, Prediction, RetrainJob, utcnow
+from app.errors import Forbidden, NotFound, ValidationFailed
+from app.extensions import db
+from app.services.model_versions import active_version
+from app.services.predictions import preprocess_uploads, store_image
+
+
+def _check_label(label):
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
+        raise ValidationFailed("label must be an integer from 0 to 9", details={"label": ["0-9"]})
+    return label
+
+
+def give_feedback(prediction_id, label, *, user_id, is_admin):
+    """Label one of the caller's predictions (admins: any); again replaces the label.
+
+    Returns ``(feedback, created)``.
+    """
+    label = _check_label(label)
+    prediction = db.session.get(Prediction, prediction_id)
+    if prediction is None:
+        raise NotFound(f"prediction {prediction_id} not found", code="prediction_not_found")
+    if prediction.user_id != user_id and not is_admin:
+        raise Forbidden("you can only give feedback on your own predictions")
+    feedback = prediction.feedback
+    if feedback is not None:
+        feedback.label = label
+        feedback.updated_at = utcnow()
+        db.session.commit()
+        return feedback, False
+    feedback = Feedback(
+        prediction_id=prediction.id, user_id=user_id, image_sha256=prediction.image_sha256, label=label
+    )
+    db.session.add(feedback)
+    try:
+        db.session.commit()
+    except IntegrityError:  # the same prediction labelled concurrently: replace instead
+        db.session.rollback()
+        return give_feedback(prediction_id, label, user_id=user_id, is_admin=is_admin)
+    return feedback, True
+
+
+def give_labelled_sample(upload, label, *, user_id):
+    """A labelled image with no earlier prediction; it must be an image with a digit in it."""
+    label = _check_label(label)
+    preprocess_uploads([upload])  # refuse what retraining could not use, before storing anything
+    digest = store_image(upload.data, upload.content_type)
+    feedback = Feedback(prediction_id=None, user_id=user_id, image_sha256=digest, label=label)
+    db.session.add(feedback)
+    db.session.commit()
+    return feedback
+
+
+def serialize(feedback):
+    prediction = feedback.prediction
+    return {
+        "id": feedback.id,
+        "prediction_id": feedback.prediction_id,
+        "label": feedback.label,
+        "predicted": prediction.predicted if prediction else None,
+        "model_version": prediction.model_version if prediction else None,
+        "created_at": feedback.created_at,
+        "updated_at": feedback.updated_at,
+    }
+
+
+def list_own(user_id, page, per_page):
+    query = db.select(Feedback).filter_by(user_id=user_id)
+    total = db.session.scalar(db.select(func.count()).select_from(query.subquery()))
+    items = db.session.execute(
+        query.order_by(Feedback.id.desc()).limit(per_page).offset((page - 1) * per_page)
+    ).scalars().all()
+    return {
+        "items": [serialize(f) for f in items],
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "pages": math.ceil(total / per_page) if total else 0,
+    }
+
+
+def last_retrain_time():
+    """When the last successful retrain started: feedback after that is new to the model."""
+    return db.session.scalar(
+        db.select(func.max(RetrainJob.started_at)).where(RetrainJob.status == "succeeded")
+    )
+
+
+def stats():
+    """Counts per label and per model version, and how often the live model was wrong."""
+    total = db.session.scalar(db.select(func.count(Feedback.id)))
+    per_label = {str(d): 0 for d in range(10)}
+    for label, count in db.session.execute(db.select(Feedback.label, func.count()).group_by(Feedback.label)):
+        per_label[str(label)] = count
+
+    per_version = {}
+    rows = db.session.execute(
+        db.select(
+            Prediction.model_version,
+            func.count(),
+            func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)),
+        )
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .group_by(Prediction.model_version)
+    )
+    for version, count, wrong in rows:
+        wrong = int(wrong or 0)
+        per_version[version] = {"feedback": count, "wrong": wrong, "error_rate": round(wrong / count, 4)}
+    uploads_only = total - sum(v["feedback"] for v in per_version.values())
+    if uploads_only:
+        per_version["(labelled uploads)"] = {"feedback": uploads_only, "wrong": None, "error_rate": None}
+
+    live = active_version()
+    live_stats = per_version.get(live.version) if live else None
+    since = last_retrain_time()
+    new = db.session.scalar(
+        db.select(func.count(Feedback.id)).where(Feedback.updated_at > since) if since else db.select(func.count(Feedback.id))
+    )
+    return {
+        "total": total,
+        "per_label": per_label,
+        "per_model_version": per_version,
+        "live_model_version": live.version if live else None,
+        "live_model_error_rate": live_stats["error_rate"] if live_stats else None,
+        "live_model_feedback": live_stats["feedback"] if live_stats else 0,
+        "since_last_retrain": new,
+        "last_retrain_at": since,
+    }

@@ -1,0 +1,155 @@
+"""Model versions in the database: which exist, which one is active, switching between them."""
+
+import json
+import logging
+import os
+
+from flask import current_app
+from sqlalchemy.exc import IntegrityError
+
+from app.entities import ModelVersion, utcnow
+from app.errors import Conflict, NotFound
+from app.extensions import db
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def resolve_path(model_dir, file_path):
+    """Stored paths are relative to MODEL_DIR so that the folder can move between hosts."""
+    return file_path if os.path.isabs(file_path) else os.path.join(model_dir, file_path)
+
+
+def active_version():
+    """The active ModelVersion row, or None."""
+    return db.session.execute(
+        db.select(ModelVersion).filter_by(status="active").order_by(ModelVersion.activated_at.desc())
+    ).scalars().first()
+
+
+def get_version(version):
+    row = db.session.execute(db.select(ModelVersion).filter_by(version=version)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"model version {version!r} not found", code="model_version_not_found")
+    return row
+
+
+def list_versions():
+    return db.session.execute(db.select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.id)).scalars().all()
+
+
+def register_shipped_model(model_dir):
+    """Register the base model described by ``MODEL_DIR/manifest.json`` as active, once.
+
+    Called when the database knows no model yet (a fresh install). Several workers may race
+    here: the unique version name lets exactly one insert win.
+    """
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.exists(path):
+        log.error("no active model in the database and no %s in %s", MANIFEST, model_dir)
+        return None
+    with open(path) as fh:
+        manifest = json.load(fh)
+    row = ModelVersion(
+        version=manifest["version"],
+        file_path=manifest["file"],
+        sha256=manifest["sha256"],
+        parent_version=None,
+        metrics=manifest.get("metrics", {}),
+        status="active",
+        activated_at=utcnow(),
+    )
+    db.session.add(row)
+    try:
+        db.session.commit()
+        log.info("registered shipped model %s", row.version)
+    except IntegrityError:
+        db.session.rollback()
+    return active_version()
+
+
+def save_version(model, version, *, parent_version, metrics, status="candidate"):
+    """Write ``model`` atomically into MODEL_DIR and record it; the file is complete or absent."""
+    from app.ml.artifacts import save_model_atomic
+
+    model_dir = current_app.config["MODEL_DIR"]
+    path, sha256 = save_model_atomic(model, model_dir, f"{version}.keras")
+    row = ModelVersion(
+        version=version, file_path=os.path.relpath(path, model_dir), sha256=sha256,
+        parent_version=parent_version, metrics=metrics, status=status,
+    )
+    db.session.add(row)
+    db.session.commit()
+    return row
+
+
+def next_base_version():
+    """``base-N`` for the next model trained from scratch."""
+    names = db.session.execute(db.select(ModelVersion.version).where(ModelVersion.version.like("base-%"))).scalars()
+    numbers = [int(n.split("-", 1)[1]) for n in names if n.split("-", 1)[1].isdigit()]
+    return f"base-{max(numbers, default=0) + 1}"
+
+
+def train_base_version(data_dir, *, epochs=None, seed=0, eval_dir=None, activate=True, progress=None):
+    """Train a model from scratch on MNIST-format data and register it (the CLI's train-base)."""
+    from app.ml.datasets import load_labelled, load_mnist
+    from app.ml.evaluation import accuracy
+    from app.ml.training import train_base
+
+    x, y = load_mnist(data_dir)
+    kwargs = {"seed": seed, "progress": progress}
+    if epochs:
+        kwargs["epochs"] = epochs
+    model = train_base(x, y, **kwargs)
+    metrics = {"trained_on": os.path.abspath(str(data_dir)), "train_samples": int(len(y)), "seed": seed}
+    if eval_dir:
+        x_eval, y_eval = load_labelled(eval_dir)
+        metrics["eval_accuracy"] = accuracy(lambda b: model(b, training=False).numpy(), x_eval, y_eval)
+        metrics["eval_data"] = os.path.abspath(str(eval_dir))
+    row = save_version(model, next_base_version(), parent_version=None, metrics=metrics)
+    if activate:
+        row = activate_version(row.version)
+    return row
+
+
+def evaluate_version(data_dir, *, version=None):
+    """Accuracy of a version (default: active) on labelled data, through the API's preprocessing."""
+    from app.ml.datasets import load_labelled
+    from app.ml.evaluation import accuracy
+    from app.ml.registry import ModelRegistry
+
+    row = get_version(version) if version else active_version()
+    if row is None:
+        row = register_shipped_model(current_app.config["MODEL_DIR"])
+    if row is None:
+        raise NotFound("no model version to evaluate", code="model_version_not_found")
+    x, y = load_labelled(data_dir)
+    loaded = ModelRegistry().load(row.version, resolve_path(current_app.config["MODEL_DIR"], row.file_path), sha256=row.sha256)
+    return {"accuracy": accuracy(loaded.predict, x, y), "n": int(len(y)), "model_version": row.version}
+
+
+def activate_version(version):
+    """Make ``version`` the one every worker serves (rollback or roll forward).
+
+    One transaction retires the previous active row and activates this one; workers pick
+    the change up on their next check. The file must exist, else nothing changes.
+    """
+    row = get_version(version)
+    if row.status == "active":
+        return row
+    path = resolve_path(current_app.config["MODEL_DIR"], row.file_path)
+    if not os.path.exists(path):
+        raise Conflict(f"model file for {version!r} is missing", code="model_file_missing")
+    from app.ml.artifacts import sha256_file
+
+    if sha256_file(path) != row.sha256:  # workers would refuse it: refuse here, visibly
+        raise Conflict(f"model file for {version!r} does not match its recorded sha256", code="model_file_corrupt")
+    db.session.execute(
+        db.update(ModelVersion).where(ModelVersion.status == "active").values(status="retired")
+    )
+    row.status = "active"
+    row.activated_at = utcnow()
+    db.session.commit()
+    log.info("model version %s activated", version)
+    return row

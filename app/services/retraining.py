@@ -1,0 +1,258 @@
+"""Retrain jobs: who may start one, one at a time, running it, and recording the outcome.
+
+"One job at a time" is a database rule (a unique ``active_slot``), so it holds across
+gunicorn workers and hosts. The ML work itself is ``app.ml.jobs.run_retrain``.
+"""
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy.exc import IntegrityError
+
+from app.entities import Feedback, RetrainJob, StoredImage, utcnow
+from app.errors import ApiError, Conflict, NotFound
+from app.extensions import db
+from app.services import model_versions
+
+log = logging.getLogger(__name__)
+
+ACTIVE_SLOT = 1
+FINISHED = ("succeeded", "rejected", "failed")
+
+
+def runner_id():
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def job_body(job):
+    duration = None
+    if job.started_at and job.finished_at:
+        duration = round((job.finished_at - job.started_at).total_seconds(), 2)
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "progress": round(job.progress or 0.0, 4),
+        "force": job.force,
+        "metrics": job.metrics,
+        "model_version": job.model_version,
+        "base_version": job.base_version,
+        "error": job.error,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_seconds": duration,
+    }
+
+
+def get_job(job_id):
+    job = db.session.get(RetrainJob, job_id)
+    if job is None:
+        raise NotFound(f"retrain job {job_id} not found", code="job_not_found")
+    return job
+
+
+def recent_jobs(limit):
+    return db.session.execute(db.select(RetrainJob).order_by(RetrainJob.id.desc()).limit(limit)).scalars().all()
+
+
+def usable_feedback_count():
+    return db.session.scalar(db.select(db.func.count(Feedback.id)))
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_dead(job, now, stale_after):
+    """A queued/running job whose runner is gone: same host and pid not alive, or silent too long."""
+    if job.runner:
+        host, _, pid = job.runner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            return True
+    last_sign = job.heartbeat_at or job.started_at or job.created_at
+    return last_sign is not None and now - last_sign > stale_after
+
+
+def fail_interrupted_jobs():
+    """Mark jobs whose process died as failed ("interrupted"); returns how many.
+
+    Runs at start-up and before a new job is admitted, so a killed worker never leaves a
+    job ``running`` forever or blocks the next retrain.
+    """
+    now = utcnow()
+    stale_after = timedelta(seconds=current_app.config["RETRAIN_STALE_SECONDS"])
+    jobs = db.session.execute(
+        db.select(RetrainJob).where(RetrainJob.status.in_(("queued", "running")))
+    ).scalars().all()
+    count = 0
+    for job in jobs:
+        # A queued job handed to RQ has no runner until a worker takes it: only staleness counts.
+        if job.runner is None and job.status == "queued" and current_app.config["RETRAIN_BACKEND"] == "rq":
+            if now - job.created_at <= stale_after:
+                continue
+        if _is_dead(job, now, stale_after):
+            _finish(job, "failed", error="interrupted: the process running this job stopped")
+            count += 1
+    if count:
+        log.warning("marked %d interrupted retrain job(s) as failed", count)
+    return count
+
+
+def start_retrain(*, requested_by, force=False, run_inline=False):
+    """Admit a new job (422 too little feedback, 409 one is already queued or running) and start it."""
+    available = usable_feedback_count()
+    needed = current_app.config["RETRAIN_MIN_FEEDBACK"]
+    if available < needed:
+        raise ApiError(
+            f"{available} feedback samples stored, {needed} needed to retrain",
+            status=422, code="not_enough_feedback", details={"available": available, "required": needed},
+        )
+    fail_interrupted_jobs()
+    job = RetrainJob(status="queued", active_slot=ACTIVE_SLOT, requested_by=requested_by, force=bool(force))
+    db.session.add(job)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        current = db.session.execute(db.select(RetrainJob).filter_by(active_slot=ACTIVE_SLOT)).scalar_one_or_none()
+        raise Conflict(
+            "a retrain job is already queued or running",
+            code="retrain_in_progress",
+            details={"job_id": current.id if current else None},
+        ) from None
+    dispatch(job.id, run_inline=run_inline)
+    db.session.refresh(job)
+    return job
+
+
+def dispatch(job_id, *, run_inline=False):
+    """Run the job here, in a background thread, or on an RQ worker (``RETRAIN_BACKEND``)."""
+    app = current_app._get_current_object()
+    if run_inline:
+        run_job(job_id)
+        return
+    backend = app.config["RETRAIN_BACKEND"]
+    if backend == "rq":
+        from redis import Redis
+        from rq import Queue
+
+        queue = Queue(app.config["RETRAIN_QUEUE"], connection=Redis.from_url(app.config["REDIS_URL"]))
+        queue.enqueue("app.tasks.run_retrain_job", job_id, job_timeout=3600)
+        return
+    thread = threading.Thread(target=_run_in_app, args=(app, job_id), name=f"retrain-{job_id}", daemon=True)
+    thread.start()
+
+
+def _run_in_app(app, job_id):
+    with app.app_context():
+        try:
+            run_job(job_id)
+        finally:
+            db.session.remove()
+
+
+def _update(job, **values):
+    for key, value in values.items():
+        setattr(job, key, value)
+    job.heartbeat_at = utcnow()
+    db.session.commit()
+
+
+def _finish(job, status, *, error=None, metrics=None, model_version=None):
+    job.status = status
+    job.finished_at = utcnow()
+    job.active_slot = None  # frees the slot: the next job may start
+    if status in ("succeeded", "rejected"):
+        job.progress = 1.0
+    if error is not None:
+        job.error = error
+    if metrics is not None:
+        job.metrics = metrics
+    if model_version is not None:
+        job.model_version = model_version
+    db.session.commit()
+
+
+def load_training_data():
+    """Feedback re-read from the stored originals with today's preprocessing, plus replay digits."""
+    import numpy as np
+
+    from app.ml.datasets import load_mnist
+    from app.ml.preprocessing import ImageRejected, preprocess
+
+    rows = db.session.execute(
+        db.select(Feedback.label, StoredImage.data).join(StoredImage, Feedback.image_sha256 == StoredImage.sha256)
+        .order_by(Feedback.id)
+    ).all()
+    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
+    xs, ys, skipped = [], [], 0
+    for label, data in rows:
+        try:
+            xs.append(preprocess(data, max_pixels=max_pixels))
+            ys.append(label)
+        except ImageRejected:  # preprocessing changed since upload: leave it out, say so
+            skipped += 1
+    replay_path = os.path.join(current_app.config["MODEL_DIR"], "replay.npz")
+    x_replay, y_replay = load_mnist(replay_path)
+    x = np.stack(xs) if xs else np.zeros((0, 28, 28), np.float32)
+    return x, np.array(ys, dtype=np.int64), x_replay, y_replay, skipped
+
+
+def run_job(job_id):
+    """Run one job to its end: succeeded (new version live), rejected (gate said no) or failed."""
+    from app.ml.jobs import run_retrain
+    from app.services import notifications
+
+    job = db.session.get(RetrainJob, job_id)
+    if job is None or job.status != "queued":
+        return
+    config = current_app.config
+    live = model_versions.active_version()
+    _update(job, status="running", started_at=utcnow(), runner=runner_id(), progress=0.0,
+            base_version=live.version if live else None)
+    try:
+        if live is None:
+            raise RuntimeError("no active model to retrain from")
+        x, y, x_replay, y_replay, skipped = load_training_data()
+        if len(y) < config["RETRAIN_MIN_FEEDBACK"]:
+            raise RuntimeError(f"only {len(y)} usable feedback samples")
+        live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
+
+        def progress(fraction):
+            _update(job, progress=round(min(fraction, 0.99), 4))
+
+        result = run_retrain(
+            live_path, x, y, x_replay, y_replay,
+            epochs=config["RETRAIN_EPOCHS"], seed=config["RETRAIN_SEED"],
+            max_regression_points=config["RETRAIN_MAX_REGRESSION"],
+            from_scratch=config["RETRAIN_FROM_SCRATCH"], progress=progress,
+        )
+        metrics = {**result.metrics, "feedback_skipped": skipped, "forced": bool(job.force)}
+        promote = result.decision.passed or job.force
+        version = f"retrain-{job.id}"
+        row = model_versions.save_version(
+            result.candidate, version, parent_version=live.version, metrics=metrics,
+            status="candidate" if promote else "rejected",
+        )
+        if promote:
+            model_versions.activate_version(row.version)
+            _finish(job, "succeeded", metrics=metrics, model_version=row.version)
+        else:
+            _finish(job, "rejected", metrics=metrics, model_version=row.version)
+    except Exception as exc:
+        db.session.rollback()
+        log.exception("retrain job %s failed", job_id)
+        job = db.session.get(RetrainJob, job_id)
+        _finish(job, "failed", error=f"{type(exc).__name__}: {exc}")
+    notifications.job_finished(job)
+    return job

@@ -1,0 +1,33 @@
+"""gunicorn settings for production: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+Each worker loads its own model after the fork (TensorFlow state must never be created in
+the master), then a watcher thread keeps it in step with the active version in the database.
+"""
+
+import os
+
+bind = os.environ.get("GUNICORN_BIND", f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Retraining with RETRAIN_BACKEND=thread runs inside a worker: never recycle workers on a
+# request count, and give slow model loads room before the arbiter gives up on a worker.
+preload_app = False
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+
+# Split the cores between workers so TensorFlow's pools do not oversubscribe the machine.
+os.environ.setdefault("TF_INTRA_OP_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+os.environ.setdefault("TF_INTER_OP_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def post_worker_init(worker):
+    """Load and warm the active model before this worker takes its first request."""
+    app = worker.wsgi
+    service = app.extensions["model_service"]
+    with app.app_context():
+        service.ensure_loaded(quiet=True)
+    if app.config["MODEL_WATCH"]:
+        service.start_watcher()

@@ -1,0 +1,59 @@
+"""Every error is JSON in one shape; nothing answers with HTML."""
+
+
+def assert_error(response, status, code=None):
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"])
+    if code:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_unknown_path_is_json_404(client):
+    assert_error(client.get("/no/such/thing"), 404, "not_found")
+
+
+def test_wrong_method_is_json_405(client):
+    response = client.get("/auth/login")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_body_over_the_limit_is_json_413(make_app):
+    app = make_app(MAX_CONTENT_LENGTH=1024)
+    client = app.test_client()
+    response = client.post("/auth/register", data="x" * 4096, content_type="application/json")
+    assert_error(response, 413)
+
+
+def test_unexpected_errors_are_json_500_without_internals(app, client):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internal detail")
+
+    response = client.get("/boom")
+    error = assert_error(response, 500, "internal_error")
+    assert "secret" not in error["message"]
+
+
+def test_request_id_is_echoed(client):
+    response = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/health", headers={"X-Request-ID": "bad id; drop"})
+    assert len(generated.headers["X-Request-ID"]) == 32
+
+
+def test_health_and_openapi(client):
+    assert client.get("/health").get_json() == {"status": "ok"}
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    for path in ["/auth/register", "/auth/login", "/login", "/auth/refresh", "/auth/logout", "/auth/me",
+                 "/api/v1/predict", "/api/v2/predict", "/api/v2/predict/batch", "/api/v2/feedback",
+                 "/admin/models", "/admin/models/{version}/activate", "/admin/feedback/stats",
+                 "/health", "/ready"]:
+        assert path in spec["paths"], path
+    assert "bearerAuth" in spec["components"]["securitySchemes"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and b"swagger" in docs.data.lower()
