@@ -74,6 +74,8 @@ class Config:
     MODEL_SYNC_SECONDS = env_float("MODEL_SYNC_SECONDS", 1.0)
     # A background thread per process does that check, so swaps need no traffic.
     MODEL_WATCH = env_bool("MODEL_WATCH", True)
+    # Load and warm the model when a process starts rather than at its first prediction.
+    MODEL_PRELOAD = env_bool("MODEL_PRELOAD", True)
     # TensorFlow thread pools per process (0 = TensorFlow decides). With several gunicorn
     # workers on few cores, 1-2 per worker avoids oversubscription.
     TF_INTRA_OP_THREADS = env_int("TF_INTRA_OP_THREADS", 0)
@@ -101,6 +103,8 @@ class Config:
     ADMIN_EMAILS = env_list("ADMIN_EMAILS")
 
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+    # Add an X-Served-By: host:pid header (load tests and benchmarks use it; off by default).
+    SERVED_BY_HEADER = env_bool("SERVED_BY_HEADER", False)
     # Number of trusted proxies in front of the app (for the client address used by limits).
     PROXY_FIX_HOPS = env_int("PROXY_FIX_HOPS", 0)
 

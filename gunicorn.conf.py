@@ -15,7 +15,8 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 preload_app = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# "-" is stdout; an empty value turns the access log off (gunicorn refuses "" as a path).
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 
 # Split the cores between workers so TensorFlow's pools do not oversubscribe the machine.
 os.environ.setdefault("TF_INTRA_OP_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
@@ -25,9 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def post_worker_init(worker):
     """Load and warm the active model before this worker takes its first request."""
-    app = worker.wsgi
-    service = app.extensions["model_service"]
-    with app.app_context():
-        service.ensure_loaded(quiet=True)
-    if app.config["MODEL_WATCH"]:
-        service.start_watcher()
+    from app.lifecycle import on_worker_start
+
+    on_worker_start(worker.wsgi)

@@ -144,6 +144,8 @@ def register_commands(app):
 
 
 def register_model_service(app):
+    from app import lifecycle
     from app.serving import ModelService
 
     ModelService().init_app(app)
+    lifecycle.init_app(app)

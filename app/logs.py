@@ -1,6 +1,8 @@
 """Logging configured once, with the request id on every line."""
 
 import logging
+import os
+import socket
 import uuid
 
 from flask import g, has_request_context, request
@@ -35,7 +37,12 @@ def configure_logging(app):
         # Accept a caller's id only if it looks sane, so logs cannot be forged with newlines.
         g.request_id = incoming if incoming.isascii() and incoming.replace("-", "").isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
 
+    show_worker = app.config["SERVED_BY_HEADER"]
+    hostname = socket.gethostname()
+
     @app.after_request
     def _echo_request_id(response):
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "-")
+        if show_worker:  # which worker answered: lets load tests see every worker swap models
+            response.headers["X-Served-By"] = f"{hostname}:{os.getpid()}"
         return response

@@ -34,8 +34,6 @@ class ModelService:
     def init_app(self, app):
         self.app = app
         app.extensions["model_service"] = self
-        if app.config["MODEL_WATCH"]:
-            app.before_request(self.start_watcher)
 
     @property
     def model_dir(self):
@@ -75,6 +73,11 @@ class ModelService:
                 self._registry().load(row.version, path, sha256=row.sha256)
                 log.info("serving model %s (loaded in %.2fs)", row.version, time.perf_counter() - started)
         return row.version
+
+    def sync_if_serving(self):
+        """After an activation made here: swap this process at once instead of at the next check."""
+        if self.current_version is not None:
+            self.sync()
 
     def ensure_loaded(self, quiet=False):
         """Load the active model if none is loaded yet; return the served version or None."""

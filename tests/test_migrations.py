@@ -5,7 +5,7 @@ import sys
 
 import sqlalchemy as sa
 
-from conftest import ROOT
+from support import ROOT
 
 TABLES = {"users", "revoked_tokens", "stored_images", "predictions", "feedback", "model_versions", "retrain_jobs"}
 

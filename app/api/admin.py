@@ -57,6 +57,7 @@ def list_models():
 def activate_model(version):
     """Serve ``version`` from now on, in every worker (rollback or roll forward)."""
     row = model_versions.activate_version(version)
+    current_app.extensions["model_service"].sync_if_serving()
     return _version_body(row)
 
 

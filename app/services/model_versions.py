@@ -129,11 +129,12 @@ def evaluate_version(data_dir, *, version=None):
     return {"accuracy": accuracy(loaded.predict, x, y), "n": int(len(y)), "model_version": row.version}
 
 
-def activate_version(version):
+def activate_version(version, *, commit=True):
     """Make ``version`` the one every worker serves (rollback or roll forward).
 
     One transaction retires the previous active row and activates this one; workers pick
-    the change up on their next check. The file must exist, else nothing changes.
+    the change up on their next check. The file must exist and match its sha256, else
+    nothing changes. ``commit=False`` lets a caller commit it with its own changes.
     """
     row = get_version(version)
     if row.status == "active":
@@ -150,6 +151,7 @@ def activate_version(version):
     )
     row.status = "active"
     row.activated_at = utcnow()
-    db.session.commit()
-    log.info("model version %s activated", version)
+    if commit:
+        db.session.commit()
+        log.info("model version %s activated", version)
     return row

@@ -245,7 +245,8 @@ def run_job(job_id):
             status="candidate" if promote else "rejected",
         )
         if promote:
-            model_versions.activate_version(row.version)
+            # One commit: the new version goes live exactly when the job says it succeeded.
+            model_versions.activate_version(row.version, commit=False)
             _finish(job, "succeeded", metrics=metrics, model_version=row.version)
         else:
             _finish(job, "rejected", metrics=metrics, model_version=row.version)
@@ -254,5 +255,15 @@ def run_job(job_id):
         log.exception("retrain job %s failed", job_id)
         job = db.session.get(RetrainJob, job_id)
         _finish(job, "failed", error=f"{type(exc).__name__}: {exc}")
+    if job.status == "succeeded":
+        _swap_here()
     notifications.job_finished(job)
     return job
+
+
+def _swap_here():
+    """Serve the new version in this process now; other workers follow within a second."""
+    try:
+        current_app.extensions["model_service"].sync_if_serving()
+    except Exception:  # the watcher retries; the job's outcome stands
+        log.exception("could not swap to the new model in this process yet")

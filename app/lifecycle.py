@@ -1,0 +1,50 @@
+"""What each serving process does once when it starts: recover, load, watch.
+
+gunicorn calls ``on_worker_start`` from ``post_worker_init`` (after the fork, before the
+first request); the development server gets the same from the first request it serves.
+"""
+
+import logging
+import os
+import threading
+
+from flask import request
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+
+
+def _started_pids(app):
+    return app.extensions.setdefault("lifecycle_started_pids", set())
+
+
+def on_worker_start(app):
+    """Fail jobs whose process died, load and warm the active model, start the version watcher."""
+    with _lock:
+        if os.getpid() in _started_pids(app):
+            return
+        _started_pids(app).add(os.getpid())
+    from app.extensions import db
+    from app.services.retraining import fail_interrupted_jobs
+
+    service = app.extensions["model_service"]
+    with app.app_context():
+        try:
+            fail_interrupted_jobs()
+        except Exception:  # e.g. tables not migrated yet: /ready will say so
+            db.session.rollback()
+            log.exception("could not check for interrupted retrain jobs")
+        if app.config["MODEL_PRELOAD"]:
+            service.ensure_loaded(quiet=True)
+        db.session.remove()
+    if app.config["MODEL_WATCH"]:
+        service.start_watcher()
+
+
+def init_app(app):
+    """Run ``on_worker_start`` before the first request of a process that was not started by gunicorn."""
+
+    @app.before_request
+    def _first_request_in_this_process():
+        if os.getpid() not in _started_pids(app) and request.endpoint not in ("health.health",):
+            on_worker_start(app)

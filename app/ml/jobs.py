@@ -1,0 +1,135 @@
+"""The ML steps of one retrain job: split, fine-tune, evaluate both models, apply the gate.
+
+No database and no Flask here: the service layer (``app/services/retraining.py``) feeds
+arrays in, saves and registers what comes out. That keeps the recipe testable alone and
+runnable from a worker process (RQ) as well as a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from app.ml import gate
+from app.ml.evaluation import accuracy
+from app.ml.training import fine_tune
+
+Progress = Callable[[float], None]
+
+# Share of feedback held out to compare candidate and live model on what users sent.
+FEEDBACK_HOLDOUT = 0.2
+# Replay digits held out to catch forgetting (never trained on in any retrain).
+REPLAY_HOLDOUT = 1000
+
+
+@dataclass
+class RetrainResult:
+    candidate: object  # keras.Model, imported lazily by callers
+    decision: gate.GateDecision
+    metrics: dict = field(default_factory=dict)
+
+
+def stratified_holdout(y, fraction, seed):
+    """Indices (train, holdout): about ``fraction`` of each class held out, seeded.
+
+    A class with a single sample stays in training: there is nothing to compare it with.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    holdout = []
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        k = int(round(len(members) * fraction))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        else:
+            k = 0
+        holdout.extend(members[:k].tolist())
+    holdout = np.array(sorted(holdout), dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(y)), holdout)
+    return train, holdout
+
+
+def split_replay(y_replay, holdout, seed=0):
+    """A fixed split of the replay sample: the same held-out digits in every retrain."""
+    holdout = min(holdout, len(y_replay) // 2)
+    train, held = stratified_holdout(y_replay, holdout / max(1, len(y_replay)), seed)
+    return train, held
+
+
+def _model_predict_fn(model):
+    """Direct calls in batches: fast on CPU and never touches a serving object."""
+
+    def predict(batch):
+        return np.asarray(model(batch, training=False))
+
+    return predict
+
+
+def run_retrain(
+    live_model_path,
+    x_feedback,
+    y_feedback,
+    x_replay,
+    y_replay,
+    *,
+    epochs,
+    max_regression_points,
+    seed=0,
+    from_scratch=False,
+    progress: Progress | None = None,
+):
+    """Fine-tune a candidate from the live model and decide whether it may replace it.
+
+    Returns a ``RetrainResult`` with the candidate, the gate's decision and metrics for
+    both models on the same held-out feedback and replay digits.
+    """
+    import keras
+
+    report = progress or (lambda _f: None)
+    started = time.perf_counter()
+    x_feedback = np.asarray(x_feedback, dtype=np.float32)
+    y_feedback = np.asarray(y_feedback, dtype=np.int64)
+    fb_train, fb_hold = stratified_holdout(y_feedback, FEEDBACK_HOLDOUT, seed)
+    rp_train, rp_hold = split_replay(y_replay, REPLAY_HOLDOUT)
+    x_replay = np.asarray(x_replay)
+    if x_replay.dtype == np.uint8:
+        x_replay = x_replay.astype(np.float32) / 255.0
+    report(0.02)
+
+    # Training gets 90 % of the progress bar: it is where the time goes.
+    candidate = fine_tune(
+        live_model_path,
+        x_feedback[fb_train], y_feedback[fb_train],
+        x_replay[rp_train], y_replay[rp_train],
+        epochs=epochs, seed=seed, from_scratch=from_scratch,
+        progress=lambda f: report(0.02 + 0.9 * f),
+    )
+    train_seconds = time.perf_counter() - started
+
+    live = keras.models.load_model(live_model_path, compile=False)
+    sets = {"feedback_holdout": (x_feedback[fb_hold], y_feedback[fb_hold]),
+            "replay_holdout": (x_replay[rp_hold], y_replay[rp_hold])}
+    scores = {"live": {}, "candidate": {}}
+    for name, model in (("live", live), ("candidate", candidate)):
+        for set_name, (x, y) in sets.items():
+            scores[name][f"{set_name}_accuracy"] = accuracy(_model_predict_fn(model), x, y) if len(y) else None
+    report(0.97)
+
+    decision = gate.decide(scores["live"], scores["candidate"], max_regression_points)
+    metrics = {
+        **scores,
+        "gate": {"passed": decision.passed, "reasons": decision.reasons,
+                 "max_regression_points": max_regression_points},
+        "samples": {
+            "feedback_train": int(len(fb_train)), "feedback_holdout": int(len(fb_hold)),
+            "replay_train": int(len(rp_train)), "replay_holdout": int(len(rp_hold)),
+        },
+        "epochs": epochs,
+        "train_seconds": round(train_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+    }
+    return RetrainResult(candidate=candidate, decision=decision, metrics=metrics)

@@ -1,0 +1,173 @@
+"""The learning loop on real servers: feedback, retrain, hot-swap under load, crash recovery, mail."""
+
+import csv
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from support import FIXTURES, mnist_png
+
+pytestmark = pytest.mark.e2e
+
+LOOP_ENV = {
+    "RETRAIN_EPOCHS": "2",
+    "RETRAIN_MIN_FEEDBACK": "20",
+    "RETRAIN_MAX_REGRESSION": "100",
+    "MODEL_SYNC_SECONDS": "0.5",
+    "SERVED_BY_HEADER": "true",
+}
+
+
+def feed(server, headers, replay_digits, n=24):
+    x, y = replay_digits
+    picked = [i for i in range(len(y)) if y[i] != 0][:n]
+    for i in picked:
+        response = requests.post(server.url + "/api/v2/feedback", headers=headers, timeout=30,
+                                 files={"file": (f"{i}.png", mnist_png(x[i]), "image/png")}, data={"label": str(int(y[i]))})
+        assert response.status_code == 201, response.text
+
+
+def wait_status(server, admin, job_id, statuses, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = requests.get(f"{server.url}/admin/retrain/{job_id}", headers=admin, timeout=30).json()
+        if body["status"] in statuses:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} is {body['status']}, wanted {statuses}\n{server.log()}")
+
+
+def test_fifty_real_test_digits_over_http(live_server):
+    server = live_server()
+    headers = server.register("reader")
+    with open(FIXTURES / "mnist50" / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    right = 0
+    for row in rows:
+        data = (FIXTURES / "mnist50" / row["file"]).read_bytes()
+        response = requests.post(server.url + "/api/v2/predict", headers=headers, timeout=30,
+                                 files={"file": (row["file"], data)})
+        assert response.status_code == 200, response.text
+        right += response.json()["prediction"] == int(row["label"])
+    assert len(rows) == 50 and right >= 48
+
+
+def test_hot_swap_under_load_in_every_worker(live_server, tiny_model_source, replay_digits):
+    server = live_server(env=LOOP_ENV, workers=2, model_source=tiny_model_source)
+    user = server.register("hammer")
+    admin = server.create_admin()
+    feed(server, user, replay_digits)
+    x, _ = replay_digits
+    image = mnist_png(x[3])
+
+    results = []  # (client time, status, model_version, worker)
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                # A new connection each time, so requests spread over the workers.
+                response = requests.post(server.url + "/api/v2/predict", headers=user, timeout=30,
+                                         files={"file": ("d.png", image)})
+                version = response.json().get("model_version") if response.status_code == 200 else None
+                results.append((time.monotonic(), response.status_code, version, response.headers.get("X-Served-By")))
+            except requests.RequestException as exc:
+                results.append((time.monotonic(), repr(exc), None, None))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
+        job = wait_status(server, admin, job_id, {"succeeded", "rejected", "failed"})
+        done_at = time.monotonic()
+        assert job["status"] == "succeeded", job
+        time.sleep(4.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+    failures = [r for r in results if r[1] != 200]
+    assert not failures, failures[:5]
+    workers = {r[3] for r in results}
+    assert len(workers) == 2, workers
+    assert {r[2] for r in results} == {"tiny-1", job["model_version"]}
+    # Some seconds after the job ended, every worker serves the new version only.
+    late = [r for r in results if r[0] > done_at + 2.5]
+    assert late and {r[2] for r in late} == {job["model_version"]}
+    assert {r[3] for r in late} == workers
+
+
+def test_job_of_a_killed_server_is_failed_at_restart(live_server, tiny_model_source, replay_digits):
+    server = live_server(env={**LOOP_ENV, "RETRAIN_EPOCHS": "400"}, model_source=tiny_model_source)
+    user = server.register("u")
+    admin = server.create_admin()
+    feed(server, user, replay_digits)
+    job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
+    wait_status(server, admin, job_id, {"running"})
+    server.stop(sig=signal.SIGKILL)
+
+    server.start()
+    admin = server.token("admin", "admin-password-1")
+    job = requests.get(f"{server.url}/admin/retrain/{job_id}", headers=admin, timeout=30).json()
+    assert job["status"] == "failed" and "interrupted" in job["error"]
+    models = requests.get(server.url + "/admin/models", headers=admin, timeout=30).json()
+    assert models["active_version"] == "tiny-1" and len(models["models"]) == 1
+    assert not [p for p in server.model_dir.iterdir() if ".tmp" in p.name]
+    assert requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).status_code == 202
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on loopback that keeps what it receives."""
+    from aiosmtpd.controller import Controller
+
+    from support import free_port
+
+    class Inbox:
+        def __init__(self):
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(envelope)
+            return "250 OK"
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, inbox
+    controller.stop()
+
+
+def test_admins_get_mail_when_a_job_ends_and_a_dead_smtp_server_changes_nothing(live_server, tiny_model_source, replay_digits, smtp_server):
+    from support import free_port
+
+    controller, inbox = smtp_server
+    env = {**LOOP_ENV, "MAIL_SERVER": "127.0.0.1", "MAIL_PORT": str(controller.port), "ADMIN_EMAILS": "ops@example.com"}
+    server = live_server(env=env, model_source=tiny_model_source)
+    admin = server.create_admin()
+    feed(server, server.register("u"), replay_digits)
+    job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
+    wait_status(server, admin, job_id, {"succeeded"})
+    deadline = time.monotonic() + 20
+    while not inbox.messages and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [message] = inbox.messages
+    assert message.rcpt_tos == ["ops@example.com"]
+    text = message.content.decode()
+    assert f"retrain job {job_id} succeeded" in text and "feedback_holdout_accuracy" in text
+
+    dead = live_server(env={**env, "MAIL_PORT": str(free_port())}, model_source=tiny_model_source)
+    admin = dead.create_admin()
+    feed(dead, dead.register("u"), replay_digits)
+    job_id = requests.post(dead.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
+    assert wait_status(dead, admin, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+    deadline = time.monotonic() + 20
+    while "could not send mail" not in dead.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "could not send mail" in dead.log()
