@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test test-slow install db-upgrade bench clean
+.PHONY: run test test-slow install db-upgrade bench-install bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test: db-upgrade
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench-install: install
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+
+# Every benchmark prints ratios measured side by side in one run (see README, "Measured").
+bench: bench-install
+	$(BIN)/python bench/preprocessing_accuracy.py
+	$(BIN)/python bench/inference_speed.py
+	$(BIN)/python bench/http_bench.py
+	$(BIN)/python bench/feedback_loop.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

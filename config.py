@@ -134,7 +134,7 @@ class Testing(Config):
     # Random per process unless given: test servers started as subprocesses get them via env.
     SECRET_KEY = os.environ.get("SECRET_KEY") or secrets.token_urlsafe(48)
     JWT_SECRET_KEY = os.environ.get("JWT_SECRET_KEY") or secrets.token_urlsafe(48)
-    SQLALCHEMY_DATABASE_URI = os.environ.get("TEST_DATABASE_URL", "sqlite://")
+    SQLALCHEMY_DATABASE_URI = "sqlite://"  # tests pass a file or a PostgreSQL database
     RATELIMIT_ENABLED = False
     MAIL_SUPPRESS_SEND = True
 

@@ -15,6 +15,7 @@ import threading
 import time
 
 from app.errors import ServiceUnavailable
+from app.extensions import db
 from app.services import model_versions
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,13 @@ class ModelService:
 
         Must run inside an app context. Loading happens outside any lock that requests take.
         """
-        row = model_versions.active_version()
-        if row is None:
-            row = model_versions.register_shipped_model(self.model_dir)
-        if row is None:
+        row = model_versions.ensure_active_version()
+        if row is None or row.version == self.current_version:
             return self.current_version
-        if row.version == self.current_version:
-            return row.version
         with self._load_lock:
+            # Re-read under the lock: two syncs racing must not end on the older version.
+            db.session.expire_all()
+            row = model_versions.ensure_active_version()
             if row.version != self.current_version:
                 path = model_versions.resolve_path(self.model_dir, row.file_path)
                 started = time.perf_counter()
@@ -88,8 +88,6 @@ class ModelService:
             except Exception as exc:  # a broken file or database must not crash the worker
                 self.last_error = str(exc)
                 log.exception("could not load the active model")
-                from app.extensions import db
-
                 db.session.rollback()
                 if not quiet:
                     raise ServiceUnavailable("no model is loaded yet", code="model_unavailable") from None
@@ -119,8 +117,6 @@ class ModelService:
             self._watcher.join(timeout=5)
 
     def _watch(self):
-        from app.extensions import db
-
         interval = self.app.config["MODEL_SYNC_SECONDS"]
         while not self._stop.wait(interval):
             with self.app.app_context():

@@ -53,6 +53,14 @@ def served_version(client, headers, replay_digits):
                        data={"file": (io.BytesIO(mnist_png(x[7])), "p.png")}).get_json()["model_version"]
 
 
+def wait_served(client, headers, replay_digits, version, timeout=15):
+    """The job's own process swaps right after the job ends (others at their next check)."""
+    deadline = time.monotonic() + timeout
+    while (served := served_version(client, headers, replay_digits)) != version and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return served
+
+
 def test_too_little_feedback_is_422_and_creates_no_job(tiny_app, client, admin, auth, replay_digits):
     give_feedback(client, auth.headers(), replay_digits, n=5)
     response = client.post("/admin/retrain", headers=admin, json={})
@@ -89,7 +97,7 @@ def test_retrain_succeeds_and_new_predictions_report_the_new_version(tiny_app, c
     assert new["parent_version"] == "tiny-1" and new["active"]
     assert os.path.exists(os.path.join(tiny_app.config["MODEL_DIR"], new["file_path"]))
     assert not [f for f in os.listdir(tiny_app.config["MODEL_DIR"]) if ".tmp" in f]
-    assert served_version(client, user, replay_digits) == "retrain-1"
+    assert wait_served(client, user, replay_digits, "retrain-1") == "retrain-1"
 
     stats = client.get("/admin/feedback/stats", headers=admin).get_json()
     assert stats["since_last_retrain"] == 0
@@ -196,7 +204,7 @@ def test_rollback_and_roll_forward(tiny_app, client, admin, auth, replay_digits)
     user = auth.headers()
     give_feedback(client, user, replay_digits)
     job = wait_for_job(client, admin, client.post("/admin/retrain", headers=admin, json={}).get_json()["job_id"])
-    assert served_version(client, user, replay_digits) == job["model_version"]
+    assert wait_served(client, user, replay_digits, job["model_version"]) == job["model_version"]
 
     back = client.post("/admin/models/tiny-1/activate", headers=admin)
     assert back.status_code == 200 and back.get_json()["active"] is True

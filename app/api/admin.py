@@ -41,7 +41,7 @@ def _version_body(row):
 @bp.doc(security=ADMIN)
 def list_models():
     """Every model version with its metrics, and which one is active."""
-    active = model_versions.active_version()
+    active = model_versions.ensure_active_version()
     service = current_app.extensions["model_service"]
     return {
         "active_version": active.version if active else None,

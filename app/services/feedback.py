@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from app.entities import Feedback, Prediction, RetrainJob, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.extensions import db
-from app.services.model_versions import active_version
+from app.services.model_versions import ensure_active_version
 from app.services.predictions import preprocess_uploads, store_image
 
 
@@ -107,6 +107,7 @@ def stats():
             func.count(),
             func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)),
         )
+        .select_from(Feedback)
         .join(Prediction, Feedback.prediction_id == Prediction.id)
         .group_by(Prediction.model_version)
     )
@@ -117,7 +118,7 @@ def stats():
     if uploads_only:
         per_version["(labelled uploads)"] = {"feedback": uploads_only, "wrong": None, "error_rate": None}
 
-    live = active_version()
+    live = ensure_active_version()
     live_stats = per_version.get(live.version) if live else None
     since = last_retrain_time()
     new = db.session.scalar(

@@ -28,6 +28,11 @@ def active_version():
     ).scalars().first()
 
 
+def ensure_active_version():
+    """The active row; on a fresh install, the shipped model registered as active first."""
+    return active_version() or register_shipped_model(current_app.config["MODEL_DIR"])
+
+
 def get_version(version):
     row = db.session.execute(db.select(ModelVersion).filter_by(version=version)).scalar_one_or_none()
     if row is None:
@@ -104,7 +109,7 @@ def train_base_version(data_dir, *, epochs=None, seed=0, eval_dir=None, activate
     model = train_base(x, y, **kwargs)
     metrics = {"trained_on": os.path.abspath(str(data_dir)), "train_samples": int(len(y)), "seed": seed}
     if eval_dir:
-        x_eval, y_eval = load_labelled(eval_dir)
+        x_eval, y_eval = load_labelled(eval_dir, for_evaluation=True)
         metrics["eval_accuracy"] = accuracy(lambda b: model(b, training=False).numpy(), x_eval, y_eval)
         metrics["eval_data"] = os.path.abspath(str(eval_dir))
     row = save_version(model, next_base_version(), parent_version=None, metrics=metrics)
@@ -119,12 +124,10 @@ def evaluate_version(data_dir, *, version=None):
     from app.ml.evaluation import accuracy
     from app.ml.registry import ModelRegistry
 
-    row = get_version(version) if version else active_version()
-    if row is None:
-        row = register_shipped_model(current_app.config["MODEL_DIR"])
+    row = get_version(version) if version else ensure_active_version()
     if row is None:
         raise NotFound("no model version to evaluate", code="model_version_not_found")
-    x, y = load_labelled(data_dir)
+    x, y = load_labelled(data_dir, for_evaluation=True)
     loaded = ModelRegistry().load(row.version, resolve_path(current_app.config["MODEL_DIR"], row.file_path), sha256=row.sha256)
     return {"accuracy": accuracy(loaded.predict, x, y), "n": int(len(y)), "model_version": row.version}
 

@@ -217,7 +217,7 @@ def run_job(job_id):
     if job is None or job.status != "queued":
         return
     config = current_app.config
-    live = model_versions.active_version()
+    live = model_versions.ensure_active_version()
     _update(job, status="running", started_at=utcnow(), runner=runner_id(), progress=0.0,
             base_version=live.version if live else None)
     try:

@@ -105,7 +105,7 @@ def test_hot_swap_under_load_in_every_worker(live_server, tiny_model_source, rep
 
 def test_job_of_a_killed_server_is_failed_at_restart(live_server, tiny_model_source, replay_digits):
     server = live_server(env={**LOOP_ENV, "RETRAIN_EPOCHS": "400"}, model_source=tiny_model_source)
-    user = server.register("u")
+    user = server.register("feeder")
     admin = server.create_admin()
     feed(server, user, replay_digits)
     job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
@@ -151,7 +151,7 @@ def test_admins_get_mail_when_a_job_ends_and_a_dead_smtp_server_changes_nothing(
     env = {**LOOP_ENV, "MAIL_SERVER": "127.0.0.1", "MAIL_PORT": str(controller.port), "ADMIN_EMAILS": "ops@example.com"}
     server = live_server(env=env, model_source=tiny_model_source)
     admin = server.create_admin()
-    feed(server, server.register("u"), replay_digits)
+    feed(server, server.register("feeder"), replay_digits)
     job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
     wait_status(server, admin, job_id, {"succeeded"})
     deadline = time.monotonic() + 20
@@ -164,7 +164,7 @@ def test_admins_get_mail_when_a_job_ends_and_a_dead_smtp_server_changes_nothing(
 
     dead = live_server(env={**env, "MAIL_PORT": str(free_port())}, model_source=tiny_model_source)
     admin = dead.create_admin()
-    feed(dead, dead.register("u"), replay_digits)
+    feed(dead, dead.register("feeder"), replay_digits)
     job_id = requests.post(dead.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
     assert wait_status(dead, admin, job_id, {"succeeded", "failed"})["status"] == "succeeded"
     deadline = time.monotonic() + 20

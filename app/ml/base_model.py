@@ -1,0 +1,111 @@
+"""Build the shipped model folder: ``python -m app.ml.base_model --data DIR --out models``.
+
+Trains the base network from scratch on MNIST-format training data (``train_base``'s
+recipe), measures it on the test files when the folder has them, and writes, each
+atomically: ``base.keras``, ``replay.npz`` (a stratified sample of the training digits that
+retraining mixes with feedback so that the model does not forget MNIST) and
+``manifest.json`` (version, file, sha256, metrics) that the service registers on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.ml.artifacts import save_model_atomic
+from app.ml.datasets import load_mnist
+from app.ml.evaluation import report
+
+REPLAY_SIZE = 2000
+
+
+def replay_sample(x, y, n=REPLAY_SIZE, seed=0):
+    """``n`` training digits, the same number of each class (as far as the data allows)."""
+    rng = np.random.default_rng(seed)
+    per_class = n // 10
+    idx = np.concatenate([rng.permutation(np.flatnonzero(y == d))[:per_class] for d in range(10)])
+    idx = rng.permutation(idx)
+    return x[idx], y[idx]
+
+
+def write_json_atomic(path, data):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; artifacts are meant to be read
+    os.replace(tmp, path)
+
+
+def write_replay_atomic(path, x, y):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
+    os.close(fd)
+    np.savez_compressed(tmp, x=x.astype(np.uint8), y=y.astype(np.uint8))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def ship(model, out_dir, *, x_train, y_train, metrics, version="base-1", seed=0, epochs=None):
+    """Write model, replay sample and manifest into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path, sha256 = save_model_atomic(model, str(out), "base.keras")
+    x_replay, y_replay = replay_sample(x_train, y_train, seed=seed)
+    write_replay_atomic(out / "replay.npz", x_replay, y_replay)
+    manifest = {
+        "version": version,
+        "file": "base.keras",
+        "sha256": sha256,
+        "size_bytes": os.path.getsize(path),
+        "parameters": int(model.count_params()),
+        "trained_on": f"{len(y_train)} MNIST training digits (train-10k.npz)",
+        "epochs": epochs,
+        "seed": seed,
+        "metrics": metrics,
+        "replay": {"file": "replay.npz", "digits": int(len(y_replay))},
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="MNIST-format folder or .npz (training digits)")
+    parser.add_argument("--eval", help="MNIST-format test data (default: --data's t10k files, if any)")
+    parser.add_argument("--out", default="models")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from app.ml.training import train_base
+
+    x, y = load_mnist(args.data, split="train" if Path(args.data).is_dir() else None)
+    started = time.perf_counter()
+    model = train_base(x, y, epochs=args.epochs, seed=args.seed,
+                       progress=lambda f: print(f"  epoch {round(f * args.epochs)}/{args.epochs} "
+                                                f"({time.perf_counter() - started:.0f}s)", flush=True))
+    seconds = time.perf_counter() - started
+    metrics = {"train_seconds": round(seconds, 1)}
+    eval_path = args.eval or (args.data if Path(args.data).is_dir() else None)
+    if eval_path:
+        x_test, y_test = load_mnist(eval_path, split="test" if Path(eval_path).is_dir() else None)
+        result = report(lambda b: model(b, training=False).numpy(), x_test, y_test)
+        metrics["mnist_test_accuracy"] = result["accuracy"]
+        metrics["mnist_test_n"] = result["n"]
+        metrics["mnist_test_per_digit"] = result["per_digit"]
+    manifest = ship(model, args.out, x_train=x, y_train=y, metrics=metrics, seed=args.seed, epochs=args.epochs)
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

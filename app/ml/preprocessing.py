@@ -1,0 +1,561 @@
+"""From uploaded image bytes to the 28x28 float input the digit network expects.
+
+The network was trained on MNIST, so an upload has to be turned into what MNIST looks
+like: white ink on black, the digit's bounding box scaled (aspect kept, anti-aliased)
+into 20x20, and that placed in a 28x28 field so that its centre of mass sits at the
+centre. Real uploads are nothing like that: dark ink on tinted, textured or unevenly lit
+paper, any size, off-centre, JPEG-compressed, rotated by EXIF, or canvas exports whose
+ink lives only in the alpha channel. This module bridges the two, with numpy and Pillow
+only, and refuses what it cannot or must not decode with an `ImageRejected` subclass.
+
+Pipeline (each step is a small function below):
+
+1. decode safely: restricted formats, pixel count checked from the header before any
+   pixel is decoded, decompression bombs refused, EXIF orientation applied, large
+   images reduced early (JPEG DCT scaling, then box reduction) to a bounded working size;
+2. ink signal: meaningful alpha decides ink directly (canvas exports); otherwise the
+   paper level is fitted as a robust plane (handles tint and lighting gradients) and the
+   ink polarity (dark on light or light on dark) is decided from which side of the paper
+   has more significant mass;
+3. noise: the paper noise is estimated robustly (MAD); blank or noise-only images are
+   refused; the ink is stretched so the stroke core is 1 and the paper 0;
+4. specks: connected components of the thresholded, lightly blurred ink; far-away
+   specks that would inflate the bounding box are dropped;
+5. MNIST geometry: bounding box into 20x20 (anti-aliased), centre of mass to (14, 14).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ALLOWED_FORMATS",
+    "ImageRejected",
+    "EmptyUpload",
+    "NotAnImage",
+    "ImageTooLarge",
+    "NoDigitFound",
+    "preprocess",
+    "preprocess_many",
+    "from_mnist_uint8",
+]
+
+# 40 megapixels covers every phone camera in common use (48 MP sensors bin to 12 MP by
+# default) while bounding the decode cost: an 8-bit RGBA image this size is 160 MB in
+# memory for a moment. It is also below Pillow's own bomb threshold (~89 MP), so our
+# explicit header check is the one that normally fires.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Decoders Pillow may use. Everything else (TIFF, PSD, EPS, ICO, ...) is refused before
+# any decoder-specific code runs.
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+# Longest side of the working image. Output is 20x20, so 512 leaves a digit that fills
+# even a tenth of the photo with ~50 px, and keeps every later step cheap.
+_WORK_MAX_SIDE = 512
+
+# MNIST geometry.
+_OUT = 28
+_BOX = 20
+_CENTRE = 14.0  # mean centre of mass of MNIST digits, in pixel-index coordinates
+
+# Ink detection constants (signal units are fractions of full scale, 0..1).
+_MIN_CONTRAST = 0.10  # weakest ink peak accepted at all (after a light blur)
+_NOISE_SIGMAS = 6.0  # ink peak must stand this many blurred-noise sigmas above paper
+_MASK_FRACTION = 0.30  # mask threshold as a fraction of the ink peak
+_CORE_FRACTION = 0.50  # pixels above this fraction of the peak define the stroke level
+_FLOOR_FRACTION = 0.15  # ink below this fraction of the stroke level is paper
+_KEEP_MASS_FRACTION = 0.05  # components lighter than this (vs the heaviest) are specks
+_MIN_EXTENT_FRACTION = 0.03  # the digit must span >= 3% of the image's longer side
+_MIN_EXTENT_PX = 3
+_ALPHA_INK_OUTLIERS = 0.01  # opaque pixels off the typical colour, above which alpha is not ink
+
+
+class ImageRejected(Exception):
+    """Base of every refusal of an upload; `code` is stable, the message is for humans."""
+
+    code = "image_rejected"
+    http_status = 400  # a hint for the web layer, which owns the final mapping
+    message = "The upload was rejected."
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or self.message)
+
+    @property
+    def detail(self) -> str:
+        """The human-readable message (same as str(exc))."""
+        return str(self)
+
+
+class EmptyUpload(ImageRejected):
+    """The upload had no bytes at all."""
+
+    code = "empty_upload"
+    http_status = 400
+    message = "The uploaded file is empty."
+
+
+class NotAnImage(ImageRejected):
+    """The bytes are not a decodable image in one of the allowed formats."""
+
+    code = "not_an_image"
+    http_status = 415
+    message = "The upload is not a supported image (PNG, JPEG, GIF, BMP or WEBP)."
+
+
+class ImageTooLarge(ImageRejected):
+    """The image has more pixels than allowed (checked before decoding), or is a bomb."""
+
+    code = "image_too_large"
+    http_status = 413
+    message = "The image has too many pixels."
+
+
+class NoDigitFound(ImageRejected):
+    """The image decoded fine but holds no ink that could be a digit (blank or noise)."""
+
+    code = "no_digit_found"
+    http_status = 422
+    message = "No digit was found in the image."
+
+
+# --------------------------------------------------------------------------- decoding
+
+# `warnings.catch_warnings` swaps process-global state; the lock keeps our own
+# concurrent uses from restoring each other's filters. It is held only while Pillow
+# parses the header (microseconds), not while pixels are decoded.
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse the header only; refuse unknown formats and oversize images before decoding."""
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"The image is too large to decode safely ({exc}).") from exc
+    except Exception as exc:  # UnidentifiedImageError, SyntaxError, struct.error, ...
+        raise NotAnImage() from exc
+    _check_size(im.size, max_pixels)
+    return im
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse empty or oversize dimensions (from the header, so nothing is decoded)."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise NotAnImage("The image has no pixels.")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"The image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {max_pixels:,}."
+        )
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode the first frame, upright (EXIF), already reduced to the working size."""
+    im = _open(data, max_pixels)
+    if im.format == "JPEG":
+        # DCT scaling: decode at 1/2, 1/4 or 1/8 size directly, never below what the
+        # working size needs; RGB JPEGs are decoded straight to luma.
+        want = _working_size(im.size)
+        im.draft("L" if im.mode == "RGB" and not _has_transparency(im) else None, want)
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"The image is too large to decode safely ({exc}).") from exc
+    except MemoryError as exc:
+        raise ImageTooLarge("The image is too large to decode.") from exc
+    except Exception as exc:  # truncated or corrupt data
+        raise NotAnImage("The image data is corrupt or truncated.") from exc
+    _check_size(im.size, max_pixels)  # a GIF frame may grow the canvas while loading
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a malformed EXIF block is no reason to refuse the pixels
+        pass
+    return im
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    """True when the image carries an alpha channel or a transparent colour key."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def _working_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The size an image is reduced to before analysis (longer side <= 512)."""
+    width, height = size
+    factor = max(width, height) / _WORK_MAX_SIDE
+    if factor <= 1:
+        return width, height
+    return max(1, int(width / factor)), max(1, int(height / factor))
+
+
+def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luma in [0, 1] (premultiplied by alpha when there is alpha) and alpha or None.
+
+    Every supported mode ends here; alpha is kept premultiplied so that box reduction
+    and compositing commute (no colour of fully transparent pixels leaks in).
+    """
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(im, dtype=np.float32)
+        top = float(values.max()) if values.size else 0.0
+        low = float(values.min()) if values.size else 0.0
+        if mode.startswith("I;16"):
+            scale, offset = 65535.0, 0.0
+        elif low >= 0 and top <= 1.0 and mode == "F":
+            scale, offset = 1.0, 0.0
+        elif low >= 0 and top <= 255:
+            scale, offset = 255.0, 0.0
+        elif low >= 0 and top <= 65535:
+            scale, offset = 65535.0, 0.0
+        else:  # arbitrary range: stretch what is there
+            scale, offset = max(top - low, 1e-6), low
+        gray = Image.fromarray((values - offset) / scale, mode="F")
+        gray = _reduce(gray)
+        return np.clip(np.asarray(gray, dtype=np.float32), 0.0, 1.0), None
+
+    if _has_transparency(im):
+        if mode in ("LA", "La"):
+            pm = im if mode == "La" else im.convert("La")
+            pm = _reduce(pm)
+            arr = np.asarray(pm, dtype=np.float32) / 255.0
+            return arr[..., 0], arr[..., 1]
+        rgba = im if mode in ("RGBA", "RGBa") else im.convert("RGBA")
+        pm = rgba.convert("RGBa") if rgba.mode == "RGBA" else rgba
+        pm = _reduce(pm)
+        arr = np.asarray(pm, dtype=np.float32) / 255.0
+        luma = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+        return luma, arr[..., 3]
+
+    if mode != "L":
+        try:
+            im = im.convert("L")
+        except (ValueError, OSError):
+            im = im.convert("RGB").convert("L")
+    im = _reduce(im)
+    return np.asarray(im, dtype=np.float32) / 255.0, None
+
+
+def _reduce(im: Image.Image) -> Image.Image:
+    """Box-reduce by an integer factor so the longer side is <= the working size."""
+    factor = -(-max(im.size) // _WORK_MAX_SIDE)  # ceil
+    return im.reduce(factor) if factor > 1 else im
+
+
+# ------------------------------------------------------------------------ ink signal
+
+
+def _blur(a: np.ndarray) -> np.ndarray:
+    """Separable [1, 2, 1] / 4 blur with edge replication: kills pixel noise, not strokes."""
+    p = np.pad(a, 1, mode="edge")
+    v = p[:-2, :] + 2.0 * p[1:-1, :] + p[2:, :]
+    return (v[:, :-2] + 2.0 * v[:, 1:-1] + v[:, 2:]) * (1.0 / 16.0)
+
+
+def _paper_plane(gray: np.ndarray) -> np.ndarray:
+    """Fit the paper level as a plane a + b*x + c*y, from the image border, robustly.
+
+    A plane handles tinted paper and the linear lighting gradient of a phone photo. The
+    samples come from the outer band of the image, which is paper even when the digit
+    fills most of a tightly cropped upload, and iterative trimming (residuals within 2.5
+    robust sigmas) discards the strokes that do touch the border.
+    """
+    h, w = gray.shape
+    band = max(1, int(round(0.1 * min(h, w))))
+    step_y, step_x = -(-h // 48), -(-w // 48)
+    ys = np.arange(0, h, step_y)
+    xs = np.arange(0, w, step_x)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    ring = (yy < band) | (yy >= h - band) | (xx < band) | (xx >= w - band)
+    yy, xx = yy[ring], xx[ring]
+    z = gray[yy, xx].astype(np.float64)
+    yn = yy / max(h - 1, 1) - 0.5
+    xn = xx / max(w - 1, 1) - 0.5
+    design = np.stack([np.ones_like(xn), xn, yn], axis=1)
+    coef = np.array([np.median(z), 0.0, 0.0])
+    for _ in range(3):
+        resid = z - design @ coef
+        med = np.median(resid)
+        sigma = max(1.4826 * float(np.median(np.abs(resid - med))), 1e-3)
+        inliers = np.abs(resid - med) <= 2.5 * sigma
+        if inliers.sum() < 8:
+            break
+        sub = design[inliers]
+        normal = sub.T @ sub
+        if abs(np.linalg.det(normal)) < 1e-9:
+            coef = np.array([np.median(z[inliers]), 0.0, 0.0])
+            break
+        coef = np.linalg.solve(normal, sub.T @ z[inliers])
+    gx = (np.arange(w) / max(w - 1, 1) - 0.5) * coef[1]
+    gy = (np.arange(h) / max(h - 1, 1) - 0.5) * coef[2]
+    return (coef[0] + gy[:, None] + gx[None, :]).astype(np.float32)
+
+
+def _half_sigma(values: np.ndarray) -> float:
+    """Noise sigma from the values below zero only (the paper side of an ink signal).
+
+    Ink only ever adds positive values, so the negative half is pure paper noise however
+    much of the image the digit covers; its median magnitude is 0.674 sigma.
+    """
+    flat = values.ravel()
+    flat = flat[:: max(1, flat.size // 16384)]  # a sample is plenty for a median
+    neg = flat[flat < 0]
+    if neg.size < 16:
+        return 0.0
+    return float(np.median(-neg) / 0.6745)
+
+
+def _alpha_is_meaningful(alpha: np.ndarray | None) -> bool:
+    """Alpha matters when it really varies (not a constant, fully opaque layer)."""
+    return alpha is not None and float(alpha.max() - alpha.min()) > 0.25
+
+
+def _ink_signal(luma: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Ink strength per pixel, >= 0 where there is ink, ~0 on paper (any polarity).
+
+    With meaningful alpha and uniformly coloured opaque pixels, the image is a canvas
+    export or a cut-out: ink is exactly the alpha (the colour channels may all be black,
+    so compositing onto black would lose the digit). With meaningful alpha but varied
+    colours (a photo with transparent corners), transparent areas are filled with the
+    paper colour of the opaque ones, and the usual paper/ink analysis follows.
+    """
+    if _alpha_is_meaningful(alpha):
+        opaque = alpha > 0.5
+        colour = luma[opaque] / alpha[opaque]  # un-premultiplied luma of opaque pixels
+        if colour.size == 0:
+            return alpha.astype(np.float32)
+        typical = float(np.median(colour))
+        # Ink drawn with one brush has one colour; opaque paper holding a digit has a
+        # minority of pixels (the ink) far from its typical colour.
+        if float(np.mean(np.abs(colour - typical) > 0.25)) < _ALPHA_INK_OUTLIERS:
+            return alpha.astype(np.float32)
+        luma = luma + (1.0 - alpha) * typical  # composite onto the paper colour
+
+    residual = luma - _paper_plane(luma)
+    blurred = _blur(residual)
+    # Whichever side holds no ink gives the clean noise estimate.
+    sigma = min(_half_sigma(blurred), _half_sigma(-blurred))
+    significant = max(4.0 * sigma, 0.05)
+    dark = np.maximum(-blurred - significant, 0.0).sum()
+    light = np.maximum(blurred - significant, 0.0).sum()
+    return (-residual if dark >= light else residual).astype(np.float32)
+
+
+# --------------------------------------------------------------------- components
+
+
+def _components(mask: np.ndarray):
+    """Run-length connected components (8-connectivity) of a boolean mask, numpy only.
+
+    Returns per-run arrays (row, start, end, label) with labels 0..n-1; runs rather
+    than pixels keep it fast: a digit is a few runs per row.
+    """
+    h, w = mask.shape
+    d = np.diff(mask.astype(np.int8), axis=1, prepend=0, append=0)
+    rows, starts = np.nonzero(d == 1)
+    _, ends = np.nonzero(d == -1)  # same row-major order, end exclusive
+    n = rows.size
+    if n == 0:
+        return rows, starts, ends, np.zeros(0, dtype=np.int64)
+    stride = w + 2
+    key_start = rows * stride + starts
+    key_end = rows * stride + ends
+    # Runs of the next row that touch run i (8-connected): start_j <= end_i and
+    # end_j >= start_i; they form a contiguous range in the sorted run list.
+    lo = np.searchsorted(key_end, (rows + 1) * stride + starts, side="left")
+    hi = np.searchsorted(key_start, (rows + 1) * stride + ends, side="right")
+    counts = np.maximum(hi - lo, 0)
+    src = np.repeat(np.arange(n), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    dst = np.repeat(lo, counts) + offsets
+
+    parent = np.arange(n)
+    while True:
+        while True:  # pointer jumping to roots
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        ra, rb = parent[src], parent[dst]
+        differ = ra != rb
+        if not differ.any():
+            break
+        np.minimum.at(parent, np.maximum(ra[differ], rb[differ]), np.minimum(ra[differ], rb[differ]))
+    _, labels = np.unique(parent, return_inverse=True)
+    return rows, starts, ends, labels.ravel()
+
+
+def _select_digit(ink: np.ndarray, mask: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Bounding box (y0, y1, x0, x1) of the digit and a mask of dropped specks.
+
+    Components with a meaningful share of the ink mass are the digit; light ones are
+    kept only when they lie inside the digit's box (broken strokes), so a speck far
+    away cannot stretch the box.
+    """
+    rows, starts, ends, labels = _components(mask)
+    if labels.size == 0:
+        raise NoDigitFound()
+    csum = np.concatenate([np.zeros((ink.shape[0], 1), np.float64), np.cumsum(ink * mask, axis=1, dtype=np.float64)], axis=1)
+    run_mass = csum[rows, ends] - csum[rows, starts]
+    count = int(labels.max()) + 1
+    mass = np.bincount(labels, weights=run_mass, minlength=count)
+    y0 = np.full(count, mask.shape[0]); y1 = np.zeros(count, dtype=np.int64)
+    x0 = np.full(count, mask.shape[1]); x1 = np.zeros(count, dtype=np.int64)
+    np.minimum.at(y0, labels, rows); np.maximum.at(y1, labels, rows + 1)
+    np.minimum.at(x0, labels, starts); np.maximum.at(x1, labels, ends)
+
+    keep = mass >= _KEEP_MASS_FRACTION * mass.max()
+    by0, by1 = y0[keep].min(), y1[keep].max()
+    bx0, bx1 = x0[keep].min(), x1[keep].max()
+    inside = (y0 >= by0) & (y1 <= by1) & (x0 >= bx0) & (x1 <= bx1)
+    keep |= inside
+
+    dropped = np.zeros(mask.shape, dtype=bool)
+    if not keep.all():
+        gone = ~keep[labels]
+        paint = np.zeros((mask.shape[0], mask.shape[1] + 1), dtype=np.int32)
+        np.add.at(paint, (rows[gone], starts[gone]), 1)
+        np.add.at(paint, (rows[gone], ends[gone]), -1)
+        dropped = np.cumsum(paint, axis=1)[:, :-1] > 0
+        dropped = _dilate(dropped)
+    return (int(by0), int(by1), int(bx0), int(bx1)), dropped
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """3x3 binary dilation (covers the anti-aliased fringe of a dropped speck)."""
+    p = np.pad(mask, 1)
+    v = p[:-2, :] | p[1:-1, :] | p[2:, :]
+    return v[:, :-2] | v[:, 1:-1] | v[:, 2:]
+
+
+# ------------------------------------------------------------------------ geometry
+
+
+def _to_mnist_frame(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Scale the box into 20x20 (aspect kept, anti-aliased), centre of mass to (14, 14)."""
+    y0, y1, x0, x1 = box
+    h, w = ink.shape
+    scale = _BOX / max(y1 - y0, x1 - x0)
+    # One pixel of margin keeps the anti-aliased fringe the mask threshold cut off.
+    pad = 1
+    cy0, cy1 = max(0, y0 - pad), min(h, y1 + pad)
+    cx0, cx1 = max(0, x0 - pad), min(w, x1 + pad)
+    crop = np.ascontiguousarray(ink[cy0:cy1, cx0:cx1], dtype=np.float32)
+    out_w = max(1, int(round((cx1 - cx0) * scale)))
+    out_h = max(1, int(round((cy1 - cy0) * scale)))
+    out_w, out_h = min(out_w, _OUT), min(out_h, _OUT)
+    small = Image.fromarray(crop, mode="F").resize((out_w, out_h), Image.Resampling.LANCZOS)
+    small = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+    total = float(small.sum())
+    if total <= 1e-6:
+        raise NoDigitFound()
+    cy = float((small.sum(axis=1) * np.arange(out_h)).sum() / total)
+    cx = float((small.sum(axis=0) * np.arange(out_w)).sum() / total)
+    top = int(round(_CENTRE - cy))
+    left = int(round(_CENTRE - cx))
+    frame = np.zeros((_OUT, _OUT), dtype=np.float32)
+    sy0, sx0 = max(0, -top), max(0, -left)
+    dy0, dx0 = max(0, top), max(0, left)
+    hh = min(out_h - sy0, _OUT - dy0)
+    ww = min(out_w - sx0, _OUT - dx0)
+    if hh > 0 and ww > 0:
+        frame[dy0:dy0 + hh, dx0:dx0 + ww] = small[sy0:sy0 + hh, sx0:sx0 + ww]
+    peak = float(frame.max())
+    if peak <= 1e-6:
+        raise NoDigitFound()
+    return frame / peak
+
+
+# --------------------------------------------------------------------------- public
+
+
+def _digit_from_signal(signal: np.ndarray) -> np.ndarray:
+    """Ink signal (any size, ink > 0) -> MNIST-like 28x28, or NoDigitFound."""
+    blurred = _blur(signal)
+    sigma = _half_sigma(blurred)
+    peak = float(blurred.max())
+    if peak < _MIN_CONTRAST or peak < _NOISE_SIGMAS * sigma:
+        raise NoDigitFound()
+
+    mask = blurred > max(_MASK_FRACTION * peak, 4.0 * sigma)
+    core = blurred > _CORE_FRACTION * peak
+    level = float(np.median(signal[core])) if core.any() else peak
+    level = max(level, peak * _CORE_FRACTION)
+    floor = max(_FLOOR_FRACTION * level, 3.0 * sigma)
+    ink = np.clip((signal - floor) / max(level - floor, 1e-6), 0.0, 1.0)
+
+    box, dropped = _select_digit(ink, mask)
+    y0, y1, x0, x1 = box
+    extent = max(y1 - y0, x1 - x0)
+    if extent < max(_MIN_EXTENT_PX, _MIN_EXTENT_FRACTION * max(signal.shape)):
+        raise NoDigitFound()
+    if dropped.any():
+        ink = np.where(dropped, 0.0, ink)
+    return _to_mnist_frame(ink, box)
+
+
+def preprocess(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Turn uploaded image bytes into the (28, 28) float32 MNIST-style network input.
+
+    White ink on black in [0, 1], digit box scaled into 20x20 and centred by mass, as
+    MNIST was made, so that photos, scans and canvas exports look like the training
+    data. Raises EmptyUpload, NotAnImage, ImageTooLarge or NoDigitFound (all
+    ImageRejected) for what cannot be used; nothing larger than `max_pixels` is decoded.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"preprocess() needs bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise EmptyUpload()
+    im = _decode(data, max_pixels)
+    try:
+        luma, alpha = _to_arrays(im)
+    except ImageRejected:
+        raise
+    except MemoryError as exc:
+        raise ImageTooLarge("The image is too large to process.") from exc
+    except (ValueError, OSError) as exc:
+        raise NotAnImage(f"Unsupported image mode {im.mode!r}.") from exc
+    finally:
+        im.close()
+    signal = _ink_signal(luma, alpha)
+    return _digit_from_signal(signal)
+
+
+def preprocess_many(items: list[bytes], **kw) -> np.ndarray:
+    """Preprocess a batch of uploads into (n, 28, 28) float32; keyword args as `preprocess`.
+
+    The first refused item raises its ImageRejected subclass, with the item's index
+    prefixed to the message and kept as `exc.index`, so a caller can report which one.
+    """
+    out = np.zeros((len(items), _OUT, _OUT), dtype=np.float32)
+    for i, item in enumerate(items):
+        try:
+            out[i] = preprocess(item, **kw)
+        except ImageRejected as exc:
+            err = type(exc)(f"item {i}: {exc}")
+            err.index = i
+            raise err from exc
+    return out
+
+
+def from_mnist_uint8(x: np.ndarray) -> np.ndarray:
+    """MNIST uint8 digits [n, 28, 28] (or one [28, 28]) -> float32 in [0, 1].
+
+    The same scale and polarity `preprocess` produces (white ink on black, stroke core
+    at 1.0, MNIST digits peaking at 255), so stored MNIST data and uploads can be mixed.
+    """
+    arr = np.asarray(x)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"expected uint8 MNIST data, got {arr.dtype}")
+    if arr.shape[-2:] != (_OUT, _OUT) or arr.ndim not in (2, 3):
+        raise ValueError(f"expected shape (n, 28, 28) or (28, 28), got {arr.shape}")
+    return arr.astype(np.float32) * np.float32(1.0 / 255.0)

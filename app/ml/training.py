@@ -1,0 +1,282 @@
+"""Training recipes: the base model from scratch, and fine-tuning on user feedback.
+
+Both take in-memory arrays and return a *new* Keras model; nothing here touches the
+serving object or writes files (saving is `artifacts.save_model_atomic`'s job).
+
+Augmentation is a random affine warp per image (shift, rotation, zoom, shear) done in
+one `ImageProjectiveTransformV3` call per batch, with stateless random numbers keyed
+on (seed, batch index) so a run is repeatable for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from app.ml.network import build_model
+
+Progress = Callable[[float], None] | None
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the random affine warp (pixels, degrees, scale factor)."""
+
+    shift: float = 2.5
+    rotation_deg: float = 12.0
+    zoom: float = 0.12
+    shear: float = 0.15
+
+    def scaled(self, k: float) -> "Augment":
+        """The same warp, k times as strong (k < 1 for gentler fine-tuning)."""
+        return Augment(self.shift * k, self.rotation_deg * k, self.zoom * k, self.shear * k)
+
+
+BASE_AUGMENT = Augment()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def as_float_images(x: np.ndarray) -> np.ndarray:
+    """Network input from either uint8 MNIST pixels or already-scaled floats."""
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    return x.astype(np.float32, copy=False)
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = as_float_images(x)
+    y = np.asarray(y).astype(np.int32)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise ValueError(f"images must be (n, 28, 28), got {x.shape}")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{len(x)} images and {len(y)} labels")
+    if y.min() < 0 or y.max() > 9:
+        raise ValueError("labels must be 0..9")
+    return x, y
+
+
+def random_affine(images: tf.Tensor, seed: tf.Tensor, aug: Augment) -> tf.Tensor:
+    """Warp each image of a (b,28,28) batch by its own random affine transform."""
+    b = tf.shape(images)[0]
+    u = tf.random.stateless_uniform((b, 6), seed=seed, minval=-1.0, maxval=1.0)
+    angle = u[:, 0] * (aug.rotation_deg * math.pi / 180.0)
+    scale = 1.0 + u[:, 1] * aug.zoom
+    shear = u[:, 2] * aug.shear
+    tx, ty = u[:, 3] * aug.shift, u[:, 4] * aug.shift
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output->input map: inverse of (rotate . shear . scale) about the centre, then shift.
+    a0 = cos / scale
+    a1 = (sin + shear * cos) / scale
+    b0 = -sin / scale
+    b1 = (cos - shear * sin) / scale
+    c = 13.5
+    a2 = c - a0 * (c + tx) - a1 * (c + ty)
+    b2 = c - b0 * (c + tx) - b1 * (c + ty)
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images[..., None],
+        transforms=transforms,
+        output_shape=tf.constant([28, 28], tf.int32),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+    return out[..., 0]
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    aug: Augment | None,
+    augment_mask: np.ndarray | None = None,
+) -> tf.data.Dataset:
+    """Shuffled, augmented batches for `epochs` epochs, deterministic for a seed.
+
+    `augment_mask` (bool per sample) limits augmentation to some samples (e.g. only
+    the feedback, not the replay digits); None augments all of them."""
+    n = len(x)
+    mask = np.ones(n, bool) if augment_mask is None else np.asarray(augment_mask, bool)
+    ds = tf.data.Dataset.from_tensor_slices((x, y, mask))
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).repeat(epochs).enumerate()
+
+    def _map(i, batch):
+        xb, yb, mb = batch
+        if aug is not None:
+            warped = random_affine(xb, tf.stack([tf.cast(seed, tf.int64), i]), aug)
+            xb = tf.where(mb[:, None, None], warped, xb)
+        return xb, yb
+
+    return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+
+
+class _ProgressCallback(keras.callbacks.Callback):
+    """Report the fraction of epochs done after each epoch (1.0 after the last)."""
+
+    def __init__(self, progress, epochs: int):
+        super().__init__()
+        self._progress, self._epochs = progress, epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._progress(min(1.0, (epoch + 1) / self._epochs))
+
+
+def _schedule(peak_lr: float, total_steps: int, warmup_frac: float):
+    """One-cycle-like: linear warm-up to `peak_lr`, cosine decay to ~0."""
+    warmup = max(0, int(total_steps * warmup_frac))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak_lr / 25.0 if warmup else peak_lr,
+        decay_steps=max(1, total_steps - warmup),
+        alpha=0.002,
+        warmup_target=peak_lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def _compile(model: keras.Model, schedule, label_smoothing: float, weight_decay: float):
+    # Sparse CE has no label smoothing in Keras 3, so labels are one-hot (see `_fit`).
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def _fit(model, x, y, *, epochs, batch_size, seed, aug, augment_mask, peak_lr,
+         warmup_frac, label_smoothing, weight_decay, progress, verbose):
+    if epochs < 1:
+        raise ValueError("epochs must be >= 1")
+    steps = math.ceil(len(x) / batch_size)
+    _compile(model, _schedule(peak_lr, steps * epochs, warmup_frac), label_smoothing,
+             weight_decay)
+    ds = make_dataset(x, y, batch_size=batch_size, epochs=epochs, seed=seed, aug=aug,
+                      augment_mask=augment_mask)
+    ds = ds.map(lambda xb, yb: (xb, tf.one_hot(yb, 10)))
+    callbacks = [_ProgressCallback(progress, epochs)] if progress else []
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+              verbose=verbose)
+    return model
+
+
+# --------------------------------------------------------------------------- base model
+
+
+def train_base(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int = 15,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: Progress = None,
+    peak_lr: float = 3e-3,
+    augment: Augment | None = BASE_AUGMENT,
+    verbose: int = 0,
+) -> keras.Model:
+    """Train the digit CNN from scratch, with augmentation and a one-cycle schedule, so
+    10k digits are enough for >= 99 % on the MNIST test set.
+
+    `x` is uint8 MNIST pixels or float (n,28,28) in [0,1]; `progress(fraction)` is called
+    after each epoch. The same seed gives the same run (up to CPU float ordering)."""
+    x, y = _check_xy(x, y)
+    keras.utils.set_random_seed(seed)
+    model = build_model()
+    return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed, aug=augment,
+                augment_mask=None, peak_lr=peak_lr, warmup_frac=0.2, label_smoothing=0.1,
+                weight_decay=1e-4, progress=progress, verbose=verbose)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+# The fine-tuning recipe (see models/README.md and bench/finetune_recipe.py):
+FT_REPLAY_RATIO = 2.0  # replay digits per feedback sample in every epoch
+FT_PEAK_LR = 5e-4  # ~1/6 of the base model's peak: nudge, don't re-learn
+FT_AUGMENT_SCALE = 0.6  # gentler warp; the feedback is augmented, replay is too
+FT_FREEZE_BN = True  # keep BatchNorm statistics of the base model (MNIST's)
+
+
+def fine_tune(
+    model_path,
+    x_new: np.ndarray,
+    y_new: np.ndarray,
+    x_replay: np.ndarray,
+    y_replay: np.ndarray,
+    *,
+    epochs: int = 6,
+    seed: int = 0,
+    progress: Progress = None,
+    from_scratch: bool = False,
+    batch_size: int = 64,
+    replay_ratio: float = FT_REPLAY_RATIO,
+    peak_lr: float = FT_PEAK_LR,
+    verbose: int = 0,
+) -> keras.Model:
+    """Adapt the live model to user feedback without forgetting MNIST; returns a candidate.
+
+    Loads its own copy from `model_path` (the serving object is never compiled or fit).
+    Each epoch mixes all feedback with `replay_ratio` times as many replay digits (drawn
+    with a fixed seed, repeated if the replay set is small), trains at a low learning rate
+    with BatchNorm frozen and mild augmentation on both. `from_scratch=True` instead
+    trains a fresh network on feedback + all replay digits (slow; for a broken model).
+    """
+    x_new, y_new = _check_xy(x_new, y_new)
+    x_replay, y_replay = _check_xy(x_replay, y_replay)
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    if from_scratch:
+        return train_base(np.concatenate([x_new, x_replay]), np.concatenate([y_new, y_replay]),
+                          epochs=epochs, seed=seed, batch_size=batch_size, progress=progress,
+                          verbose=verbose)
+
+    n_replay = int(round(len(x_new) * replay_ratio))
+    idx = _stratified_pick(y_replay, n_replay, rng)
+    x = np.concatenate([x_new, x_replay[idx]])
+    y = np.concatenate([y_new, y_replay[idx]])
+
+    model = keras.models.load_model(model_path, compile=False)
+    if FT_FREEZE_BN:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False  # Keras 3: also runs it in inference mode
+    return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed,
+                aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), augment_mask=None,
+                peak_lr=peak_lr, warmup_frac=0.1, label_smoothing=0.1, weight_decay=1e-4,
+                progress=progress, verbose=verbose)
+
+
+def _stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` indices into `y` with classes as balanced as `y` allows (with replacement
+    only when `n` exceeds the pool)."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if n >= len(y):
+        extra = rng.choice(len(y), n - len(y), replace=True)
+        return np.concatenate([rng.permutation(len(y)), extra])
+    classes = np.unique(y)
+    picks = []
+    per = n // len(classes)
+    left = n - per * len(classes)
+    for k, c in enumerate(rng.permutation(classes)):
+        pool = np.flatnonzero(y == c)
+        want = min(len(pool), per + (1 if k < left else 0))
+        picks.append(rng.choice(pool, want, replace=False))
+    out = np.concatenate(picks)
+    if len(out) < n:  # a class ran short: top up from the rest
+        rest = np.setdiff1d(np.arange(len(y)), out)
+        out = np.concatenate([out, rng.choice(rest, n - len(out), replace=False)])
+    return rng.permutation(out)
