@@ -154,7 +154,7 @@ class RetrainRequestSchema(Schema):
 
 
 class RetrainJobSchema(Schema):
-    job_id = fields.Integer(attribute="id")
+    job_id = fields.Integer()
     status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "rejected", "failed"]})
     progress = fields.Float()
     force = fields.Boolean()

@@ -218,3 +218,31 @@ class LiveServer:
         return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+# Learning-loop helpers for tests against a LiveServer --------------------------------
+
+LOOP_ENV = {
+    "RETRAIN_EPOCHS": "2",
+    "RETRAIN_MIN_FEEDBACK": "20",
+    "RETRAIN_MAX_REGRESSION": "100",
+    "MODEL_SYNC_SECONDS": "0.5",
+    "SERVED_BY_HEADER": "true",
+}
+
+
+def feed(server, headers, replay_digits, n=24):
+    x, y = replay_digits
+    picked = [i for i in range(len(y)) if y[i] != 0][:n]
+    for i in picked:
+        response = requests.post(server.url + "/api/v2/feedback", headers=headers, timeout=30,
+                                 files={"file": (f"{i}.png", mnist_png(x[i]), "image/png")}, data={"label": str(int(y[i]))})
+        assert response.status_code == 201, response.text
+
+
+def wait_status(server, admin, job_id, statuses, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = requests.get(f"{server.url}/admin/retrain/{job_id}", headers=admin, timeout=30).json()
+        if body["status"] in statuses:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} is {body['status']}, wanted {statuses}\n{server.log()}")

@@ -84,6 +84,7 @@ def test_retrain_succeeds_and_new_predictions_report_the_new_version(tiny_app, c
 
     job = wait_for_job(client, admin, body["job_id"])
     assert job["status"] == "succeeded", job["error"]
+    assert job["job_id"] == body["job_id"]
     assert job["progress"] == 1.0 and job["model_version"] == "retrain-1" and job["base_version"] == "tiny-1"
     assert job["duration_seconds"] > 0
     metrics = job["metrics"]
@@ -129,14 +130,19 @@ def test_candidate_failing_the_gate_is_rejected_and_live_model_stays(make_app, t
     assert client.get("/admin/models", headers=admin).get_json()["active_version"] == forced["model_version"]
 
 
+def insert_running_job(app, pid):
+    """A job row as a runner with process ``pid`` on this host leaves it while training."""
+    with app.app_context():
+        job = RetrainJob(status="running", active_slot=1, runner=f"{socket.gethostname()}:{pid}",
+                         started_at=utcnow(), heartbeat_at=utcnow())
+        db.session.add(job)
+        db.session.commit()
+        return job.id
+
+
 def test_second_retrain_while_one_runs_is_409(tiny_app, client, admin, auth, replay_digits):
     give_feedback(client, auth.headers(), replay_digits)
-    with tiny_app.app_context():
-        running = RetrainJob(status="running", active_slot=1, runner=f"{socket.gethostname()}:{os.getpid()}",
-                             started_at=utcnow(), heartbeat_at=utcnow())
-        db.session.add(running)
-        db.session.commit()
-        running_id = running.id
+    running_id = insert_running_job(tiny_app, os.getpid())
     response = client.post("/admin/retrain", headers=admin, json={})
     assert response.status_code == 409
     assert response.get_json()["error"]["details"] == {"job_id": running_id}
@@ -182,22 +188,23 @@ def test_exception_inside_training_fails_the_job_and_keeps_the_model(tiny_app, c
     assert sorted(os.listdir(tiny_app.config["MODEL_DIR"])) == ["manifest.json", "replay.npz", "tiny.keras"]
     # The slot is free again: the next retrain is admitted.
     monkeypatch.undo()
-    assert client.post("/admin/retrain", headers=admin, json={}).status_code == 202
+    again = client.post("/admin/retrain", headers=admin, json={})
+    assert again.status_code == 202
+    assert wait_for_job(client, admin, again.get_json()["job_id"])["status"] == "succeeded"
 
 
 def test_job_of_a_dead_process_is_failed_not_left_running(tiny_app, client, admin, auth, replay_digits):
     from app.services.retraining import fail_interrupted_jobs
 
     give_feedback(client, auth.headers(), replay_digits)
+    dead_id = insert_running_job(tiny_app, 999999999)
     with tiny_app.app_context():
-        dead = RetrainJob(status="running", active_slot=1, runner=f"{socket.gethostname()}:999999999",
-                          started_at=utcnow(), heartbeat_at=utcnow())
-        db.session.add(dead)
-        db.session.commit()
         assert fail_interrupted_jobs() == 1
-        db.session.refresh(dead)
+        dead = db.session.get(RetrainJob, dead_id)
         assert dead.status == "failed" and "interrupted" in dead.error and dead.active_slot is None
-    assert client.post("/admin/retrain", headers=admin, json={}).status_code == 202
+    again = client.post("/admin/retrain", headers=admin, json={})
+    assert again.status_code == 202
+    wait_for_job(client, admin, again.get_json()["job_id"])
 
 
 def test_rollback_and_roll_forward(tiny_app, client, admin, auth, replay_digits):

@@ -57,6 +57,17 @@ def verify_model_file(path) -> None:
         raise ValueError(f"{path}: model output {probs.shape} is not 10 finite probabilities")
 
 
+def _without_training_state(model):
+    """A copy that carries the weights but no optimizer: Keras 3 saves a compiled model's
+    optimizer variables (twice the weights again) and has no switch to leave them out;
+    ``clone_model`` keeps the optimizer too, rebuilding from the config does not."""
+    if getattr(model, "optimizer", None) is None:
+        return model
+    copy = model.__class__.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model_atomic(model, directory, filename: str) -> tuple[str, str]:
     """Save `model` as `directory/filename` (.keras) atomically; returns (path, sha256).
 
@@ -71,7 +82,7 @@ def save_model_atomic(model, directory, filename: str) -> tuple[str, str]:
     stem = filename[: -len(".keras")]
     tmp = directory / f"{stem}.{secrets.token_hex(8)}.tmp.keras"
     try:
-        model.save(tmp, include_optimizer=False)
+        _without_training_state(model).save(tmp)
         _fsync_file(tmp)
         verify_model_file(tmp)
         digest = sha256_file(tmp)

@@ -3,7 +3,8 @@
 Trains the base network from scratch on MNIST-format training data (``train_base``'s
 recipe), measures it on the test files when the folder has them, and writes, each
 atomically: ``base.keras``, ``replay.npz`` (a stratified sample of the training digits that
-retraining mixes with feedback so that the model does not forget MNIST) and
+retraining mixes with feedback so that the model does not forget MNIST, plus 1,000
+digits the base model never trained on, on which the promotion gate checks forgetting) and
 ``manifest.json`` (version, file, sha256, metrics) that the service registers on first use.
 """
 
@@ -23,6 +24,9 @@ from app.ml.datasets import load_mnist
 from app.ml.evaluation import report
 
 REPLAY_SIZE = 2000
+# Training digits kept out of the base model's training: the promotion gate measures
+# forgetting on digits no model has seen, not on ones the base model memorised.
+GATE_HOLDOUT_SIZE = 1000
 
 
 def replay_sample(x, y, n=REPLAY_SIZE, seed=0):
@@ -32,6 +36,15 @@ def replay_sample(x, y, n=REPLAY_SIZE, seed=0):
     idx = np.concatenate([rng.permutation(np.flatnonzero(y == d))[:per_class] for d in range(10)])
     idx = rng.permutation(idx)
     return x[idx], y[idx]
+
+
+def split_gate_holdout(x, y, n=GATE_HOLDOUT_SIZE, seed=0):
+    """(x_train, y_train, x_holdout, y_holdout): ``n`` digits, balanced by class, set aside."""
+    rng = np.random.default_rng(seed + 1)
+    per_class = n // 10
+    held = np.concatenate([rng.permutation(np.flatnonzero(y == d))[:per_class] for d in range(10)])
+    keep = np.setdiff1d(np.arange(len(y)), held)
+    return x[keep], y[keep], x[held], y[held]
 
 
 def write_json_atomic(path, data):
@@ -46,33 +59,36 @@ def write_json_atomic(path, data):
     os.replace(tmp, path)
 
 
-def write_replay_atomic(path, x, y):
+def write_replay_atomic(path, x, y, x_holdout=None, y_holdout=None):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
     os.close(fd)
-    np.savez_compressed(tmp, x=x.astype(np.uint8), y=y.astype(np.uint8))
+    arrays = {"x": x.astype(np.uint8), "y": y.astype(np.uint8)}
+    if x_holdout is not None:
+        arrays.update(x_holdout=x_holdout.astype(np.uint8), y_holdout=y_holdout.astype(np.uint8))
+    np.savez_compressed(tmp, **arrays)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
-def ship(model, out_dir, *, x_train, y_train, metrics, version="base-1", seed=0, epochs=None):
-    """Write model, replay sample and manifest into ``out_dir``."""
+def ship(model, out_dir, *, x_train, y_train, x_holdout, y_holdout, metrics, version="base-1", seed=0, epochs=None):
+    """Write model, replay sample (with the gate's hold-out digits) and manifest into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path, sha256 = save_model_atomic(model, str(out), "base.keras")
     x_replay, y_replay = replay_sample(x_train, y_train, seed=seed)
-    write_replay_atomic(out / "replay.npz", x_replay, y_replay)
+    write_replay_atomic(out / "replay.npz", x_replay, y_replay, x_holdout, y_holdout)
     manifest = {
         "version": version,
         "file": "base.keras",
         "sha256": sha256,
         "size_bytes": os.path.getsize(path),
         "parameters": int(model.count_params()),
-        "trained_on": f"{len(y_train)} MNIST training digits (train-10k.npz)",
+        "trained_on": f"{len(y_train)} MNIST training digits (train-10k.npz less the gate hold-out)",
         "epochs": epochs,
         "seed": seed,
         "metrics": metrics,
-        "replay": {"file": "replay.npz", "digits": int(len(y_replay))},
+        "replay": {"file": "replay.npz", "digits": int(len(y_replay)), "gate_holdout_digits": int(len(y_holdout))},
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
@@ -89,7 +105,8 @@ def main(argv=None):
 
     from app.ml.training import train_base
 
-    x, y = load_mnist(args.data, split="train" if Path(args.data).is_dir() else None)
+    x_all, y_all = load_mnist(args.data, split="train" if Path(args.data).is_dir() else None)
+    x, y, x_holdout, y_holdout = split_gate_holdout(x_all, y_all, seed=args.seed)
     started = time.perf_counter()
     model = train_base(x, y, epochs=args.epochs, seed=args.seed,
                        progress=lambda f: print(f"  epoch {round(f * args.epochs)}/{args.epochs} "
@@ -103,7 +120,8 @@ def main(argv=None):
         metrics["mnist_test_accuracy"] = result["accuracy"]
         metrics["mnist_test_n"] = result["n"]
         metrics["mnist_test_per_digit"] = result["per_digit"]
-    manifest = ship(model, args.out, x_train=x, y_train=y, metrics=metrics, seed=args.seed, epochs=args.epochs)
+    manifest = ship(model, args.out, x_train=x, y_train=y, x_holdout=x_holdout, y_holdout=y_holdout,
+                    metrics=metrics, seed=args.seed, epochs=args.epochs)
     print(json.dumps(manifest, indent=2, sort_keys=True))
 
 

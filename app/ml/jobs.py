@@ -60,6 +60,11 @@ def split_replay(y_replay, holdout, seed=0):
     return train, held
 
 
+def _as_float(x):
+    x = np.asarray(x)
+    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+
+
 def _model_predict_fn(model):
     """Direct calls in batches: fast on CPU and never touches a serving object."""
 
@@ -80,10 +85,13 @@ def run_retrain(
     max_regression_points,
     seed=0,
     from_scratch=False,
+    replay_holdout=None,
     progress: Progress | None = None,
 ):
     """Fine-tune a candidate from the live model and decide whether it may replace it.
 
+    ``replay_holdout`` is ``(x, y)`` of MNIST digits no model trained on (shipped in
+    ``replay.npz``); without it a fixed part of the replay sample is held out instead.
     Returns a ``RetrainResult`` with the candidate, the gate's decision and metrics for
     both models on the same held-out feedback and replay digits.
     """
@@ -94,17 +102,22 @@ def run_retrain(
     x_feedback = np.asarray(x_feedback, dtype=np.float32)
     y_feedback = np.asarray(y_feedback, dtype=np.int64)
     fb_train, fb_hold = stratified_holdout(y_feedback, FEEDBACK_HOLDOUT, seed)
-    rp_train, rp_hold = split_replay(y_replay, REPLAY_HOLDOUT)
-    x_replay = np.asarray(x_replay)
-    if x_replay.dtype == np.uint8:
-        x_replay = x_replay.astype(np.float32) / 255.0
+    x_replay = _as_float(x_replay)
+    y_replay = np.asarray(y_replay)
+    if replay_holdout is not None:
+        x_rp_train, y_rp_train = x_replay, y_replay
+        x_rp_hold, y_rp_hold = _as_float(replay_holdout[0]), np.asarray(replay_holdout[1])
+    else:
+        rp_train, rp_hold = split_replay(y_replay, REPLAY_HOLDOUT)
+        x_rp_train, y_rp_train = x_replay[rp_train], y_replay[rp_train]
+        x_rp_hold, y_rp_hold = x_replay[rp_hold], y_replay[rp_hold]
     report(0.02)
 
     # Training gets 90 % of the progress bar: it is where the time goes.
     candidate = fine_tune(
         live_model_path,
         x_feedback[fb_train], y_feedback[fb_train],
-        x_replay[rp_train], y_replay[rp_train],
+        x_rp_train, y_rp_train,
         epochs=epochs, seed=seed, from_scratch=from_scratch,
         progress=lambda f: report(0.02 + 0.9 * f),
     )
@@ -112,7 +125,7 @@ def run_retrain(
 
     live = keras.models.load_model(live_model_path, compile=False)
     sets = {"feedback_holdout": (x_feedback[fb_hold], y_feedback[fb_hold]),
-            "replay_holdout": (x_replay[rp_hold], y_replay[rp_hold])}
+            "replay_holdout": (x_rp_hold, y_rp_hold)}
     scores = {"live": {}, "candidate": {}}
     for name, model in (("live", live), ("candidate", candidate)):
         for set_name, (x, y) in sets.items():
@@ -126,7 +139,7 @@ def run_retrain(
                  "max_regression_points": max_regression_points},
         "samples": {
             "feedback_train": int(len(fb_train)), "feedback_holdout": int(len(fb_hold)),
-            "replay_train": int(len(rp_train)), "replay_holdout": int(len(rp_hold)),
+            "replay_train": int(len(y_rp_train)), "replay_holdout": int(len(y_rp_hold)),
         },
         "epochs": epochs,
         "train_seconds": round(train_seconds, 2),

@@ -102,6 +102,7 @@ def train_base_version(data_dir, *, epochs=None, seed=0, eval_dir=None, activate
     from app.ml.evaluation import accuracy
     from app.ml.training import train_base
 
+    ensure_active_version()  # the shipped model keeps its name, the new one follows it
     x, y = load_mnist(data_dir)
     kwargs = {"seed": seed, "progress": progress}
     if epochs:

@@ -187,7 +187,6 @@ def load_training_data():
     """Feedback re-read from the stored originals with today's preprocessing, plus replay digits."""
     import numpy as np
 
-    from app.ml.datasets import load_mnist
     from app.ml.preprocessing import ImageRejected, preprocess
 
     rows = db.session.execute(
@@ -202,10 +201,12 @@ def load_training_data():
             ys.append(label)
         except ImageRejected:  # preprocessing changed since upload: leave it out, say so
             skipped += 1
-    replay_path = os.path.join(current_app.config["MODEL_DIR"], "replay.npz")
-    x_replay, y_replay = load_mnist(replay_path)
+    with np.load(os.path.join(current_app.config["MODEL_DIR"], "replay.npz")) as replay:
+        x_replay, y_replay = replay["x"], replay["y"]
+        # Digits no model trained on, for the gate's forgetting check (older folders lack them).
+        holdout = (replay["x_holdout"], replay["y_holdout"]) if "x_holdout" in replay.files else None
     x = np.stack(xs) if xs else np.zeros((0, 28, 28), np.float32)
-    return x, np.array(ys, dtype=np.int64), x_replay, y_replay, skipped
+    return x, np.array(ys, dtype=np.int64), x_replay, y_replay, holdout, skipped
 
 
 def run_job(job_id):
@@ -223,7 +224,7 @@ def run_job(job_id):
     try:
         if live is None:
             raise RuntimeError("no active model to retrain from")
-        x, y, x_replay, y_replay, skipped = load_training_data()
+        x, y, x_replay, y_replay, replay_holdout, skipped = load_training_data()
         if len(y) < config["RETRAIN_MIN_FEEDBACK"]:
             raise RuntimeError(f"only {len(y)} usable feedback samples")
         live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
@@ -235,7 +236,7 @@ def run_job(job_id):
             live_path, x, y, x_replay, y_replay,
             epochs=config["RETRAIN_EPOCHS"], seed=config["RETRAIN_SEED"],
             max_regression_points=config["RETRAIN_MAX_REGRESSION"],
-            from_scratch=config["RETRAIN_FROM_SCRATCH"], progress=progress,
+            from_scratch=config["RETRAIN_FROM_SCRATCH"], replay_holdout=replay_holdout, progress=progress,
         )
         metrics = {**result.metrics, "feedback_skipped": skipped, "forced": bool(job.force)}
         promote = result.decision.passed or job.force
