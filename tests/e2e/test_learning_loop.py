@@ -49,6 +49,12 @@ def test_hot_swap_under_load_in_every_worker(live_server, tiny_model_source, rep
             except requests.RequestException as exc:
                 results.append((time.monotonic(), repr(exc), None, None))
 
+    def all_workers_swapped(version):
+        latest = {}
+        for _t, _status, served, worker in list(results):
+            latest[worker] = served
+        return len(latest) == 2 and set(latest.values()) == {version}
+
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
@@ -56,9 +62,13 @@ def test_hot_swap_under_load_in_every_worker(live_server, tiny_model_source, rep
         time.sleep(1.0)
         job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
         job = wait_status(server, admin, job_id, {"succeeded", "rejected", "failed"})
-        done_at = time.monotonic()
         assert job["status"] == "succeeded", job
-        time.sleep(4.0)
+        # Each worker's watcher swaps within about a second (bench/feedback_loop.py measures
+        # it); here, on a loaded CI machine, only "eventually and for good" is asserted.
+        deadline = time.monotonic() + 30
+        while not all_workers_swapped(job["model_version"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
     finally:
         stop.set()
         for t in threads:
@@ -69,10 +79,11 @@ def test_hot_swap_under_load_in_every_worker(live_server, tiny_model_source, rep
     workers = {r[3] for r in results}
     assert len(workers) == 2, workers
     assert {r[2] for r in results} == {"tiny-1", job["model_version"]}
-    # Some seconds after the job ended, every worker serves the new version only.
-    late = [r for r in results if r[0] > done_at + 2.5]
-    assert late and {r[2] for r in late} == {job["model_version"]}
-    assert {r[3] for r in late} == workers
+    for worker in workers:
+        served = [r[2] for r in sorted(results) if r[3] == worker]
+        switch = served.index(job["model_version"])  # every worker swapped...
+        assert set(served[switch:]) == {job["model_version"]}, worker  # ...and never went back
+        assert set(served[:switch]) <= {"tiny-1"}
 
 
 def test_job_of_a_killed_server_is_failed_at_restart(live_server, tiny_model_source, replay_digits):

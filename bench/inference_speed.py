@@ -1,0 +1,97 @@
+"""In-process inference: the registry's fast path against Keras' predict, side by side.
+
+    python bench/inference_speed.py [--model models/base.keras] [--calls 200]
+
+Single images: median and p95 of ``--calls`` calls each of the fast path
+(``LoadedModel.predict``: a traced ``tf.function`` around ``model(x, training=False)``),
+``model.predict`` and ``model.predict_on_batch``, interleaved call by call so that all three
+see the same machine load. Batches of 64: images/s of the fast path and ``model.predict``.
+Memory: RSS before and after 30 swaps between two copies of the model file. Target: the
+fast path at least 20x faster than ``model.predict`` for one image.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn):
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "models" / "base.keras"))
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args()
+
+    from app.ml.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    loaded = registry.load("bench", args.model)
+    model = loaded.model
+    rng = np.random.default_rng(0)
+    one = rng.random((1, 28, 28), dtype=np.float32)
+    batch = rng.random((64, 28, 28), dtype=np.float32)
+    for _ in range(5):  # warm every path
+        loaded.predict(one), model.predict(one, verbose=0), model.predict_on_batch(one)
+
+    single = {"fast path": [], "model.predict": [], "predict_on_batch": []}
+    for _ in range(args.calls):
+        single["fast path"].append(timed(lambda: loaded.predict(one)))
+        single["model.predict"].append(timed(lambda: model.predict(one, verbose=0)))
+        single["predict_on_batch"].append(timed(lambda: model.predict_on_batch(one)))
+    batched = {"fast path": [], "model.predict": []}
+    for _ in range(max(20, args.calls // 10)):
+        batched["fast path"].append(timed(lambda: loaded.predict(batch)))
+        batched["model.predict"].append(timed(lambda: model.predict(batch, verbose=0)))
+
+    workdir = Path(tempfile.mkdtemp(prefix="swap-bench-"))
+    copies = [workdir / "a.keras", workdir / "b.keras"]
+    for copy in copies:
+        shutil.copy(args.model, copy)
+    before = rss_mb()
+    for i in range(30):
+        registry.load(f"v{i}", copies[i % 2])
+        registry.predict(one)
+    after = rss_mb()
+    shutil.rmtree(workdir)
+
+    fast = statistics.median(single["fast path"])
+    print(f"\nsingle image, {args.calls} interleaved calls each")
+    print(f"{'path':<20}{'median ms':>11}{'p95 ms':>9}{'vs fast path':>14}")
+    for name, times in single.items():
+        p95 = sorted(times)[int(0.95 * len(times)) - 1]
+        print(f"{name:<20}{statistics.median(times):>11.2f}{p95:>9.2f}{statistics.median(times) / fast:>13.1f}x")
+    print("\nbatch of 64")
+    for name, times in batched.items():
+        print(f"{name:<20}{64000 / statistics.median(times):>11.0f} images/s")
+    print(f"\nRSS across 30 model swaps: {before:.0f} MB -> {after:.0f} MB ({after - before:+.0f} MB)")
+    ratio = statistics.median(single["model.predict"]) / fast
+    print(f"fast path is {ratio:.1f}x faster than model.predict for one image (target >= 20x)")
+    return 0 if ratio >= 20 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
