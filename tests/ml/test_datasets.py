@@ -1,0 +1,165 @@
+"""Loading MNIST arrays (.npz, IDX plain and gzipped) and labelled image folders."""
+
+import gzip
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.ml.datasets import (
+    DatasetError,
+    is_image_folder,
+    load_image_folder,
+    load_labelled,
+    load_mnist,
+    read_idx,
+)
+
+
+def write_idx(path, array, compress):
+    """An IDX file of unsigned bytes, as MNIST ships them."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    raw = header + array.tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.fixture
+def digits(ml_digits):
+    x, y = ml_digits
+    return x[:30], y[:30]
+
+
+def test_npz_file_and_folder(tmp_path, digits):
+    x, y = digits
+    np.savez_compressed(tmp_path / "train.npz", x=x, y=y)
+    for source in (tmp_path / "train.npz", tmp_path):
+        got_x, got_y = load_mnist(source)
+        assert got_x.dtype == np.uint8 and got_y.dtype == np.uint8
+        assert np.array_equal(got_x, x) and np.array_equal(got_y, y)
+
+
+def test_npz_of_floats_in_unit_range_round_trips(tmp_path, digits):
+    x, y = digits
+    np.savez(tmp_path / "f.npz", x=x / 255.0, y=y.astype(np.int64))
+    got_x, _ = load_mnist(tmp_path / "f.npz")
+    assert np.array_equal(got_x, x)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_pair_plain_and_gzipped(tmp_path, digits, compress):
+    x, y = digits
+    suffix = ".gz" if compress else ""
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", x, compress)
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", y, compress)
+    for source in (tmp_path, tmp_path / f"t10k-images-idx3-ubyte{suffix}"):
+        got_x, got_y = load_mnist(source)
+        assert np.array_equal(got_x, x) and np.array_equal(got_y, y)
+    assert read_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}").shape == (30,)
+
+
+def test_training_folder_with_test_files_resolves_to_training_set(tmp_path, digits):
+    x, y = digits
+    np.savez(tmp_path / "train-10k.npz", x=x[:20], y=y[:20])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", x[20:], True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", y[20:], True)
+    assert len(load_mnist(tmp_path)[1]) == 20
+    assert len(load_mnist(tmp_path, split="train")[1]) == 20
+    assert np.array_equal(load_mnist(tmp_path, split="test")[0], x[20:])
+
+
+def test_ambiguous_folder_is_refused(tmp_path, digits):
+    x, y = digits
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    np.savez(tmp_path / "b.npz", x=x, y=y)
+    with pytest.raises(DatasetError, match="several"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["count_mismatch", "bad_magic", "truncated", "missing_labels",
+                                  "bad_labels", "no_such_path", "npz_without_y"])
+def test_broken_mnist_files_raise_clear_errors(tmp_path, digits, case):
+    x, y = digits
+    images = tmp_path / "train-images-idx3-ubyte"
+    write_idx(images, x, False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", y, False)
+    target = images
+    if case == "count_mismatch":
+        write_idx(tmp_path / "train-labels-idx1-ubyte", y[:-1], False)
+    elif case == "bad_magic":
+        images.write_bytes(b"\x01\x02" + images.read_bytes()[2:])
+    elif case == "truncated":
+        images.write_bytes(images.read_bytes()[:-5])
+    elif case == "missing_labels":
+        (tmp_path / "train-labels-idx1-ubyte").unlink()
+    elif case == "bad_labels":
+        write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(len(y), 12), False)
+    elif case == "no_such_path":
+        target = tmp_path / "nothing.npz"
+    elif case == "npz_without_y":
+        target = tmp_path / "only-x.npz"
+        np.savez(target, x=x)
+    with pytest.raises(DatasetError):
+        load_mnist(target)
+
+
+def png(digit):
+    """A 28x28 MNIST digit as a client would send it: dark ink on light paper, scaled up."""
+    image = Image.fromarray(255 - digit).resize((84, 84), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def image_folder(tmp_path, digits):
+    x, y = digits
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    rows = ["file,label"]
+    for i in range(6):
+        (folder / f"{i:03d}.png").write_bytes(png(x[i]))
+        rows.append(f"{i:03d}.png,{y[i]}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder, y[:6]
+
+
+def test_image_folder_raw_and_preprocessed(image_folder):
+    folder, labels = image_folder
+    assert is_image_folder(folder)
+    blobs, got = load_image_folder(folder)
+    assert len(blobs) == 6 and all(b.startswith(b"\x89PNG") for b in blobs)
+    assert np.array_equal(got, labels)
+    x, y = load_labelled(folder)
+    assert x.shape == (6, 28, 28) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5  # white ink on black
+    assert np.array_equal(y, labels)
+
+
+def test_image_folder_errors_name_the_file(image_folder):
+    folder, _ = image_folder
+    (folder / "002.png").write_bytes(b"this is not an image")
+    with pytest.raises(DatasetError, match="002.png"):
+        load_labelled(folder)
+    (folder / "002.png").unlink()
+    with pytest.raises(DatasetError, match="002.png"):
+        load_image_folder(folder)
+
+
+@pytest.mark.parametrize("csv_text", ["file,label\n000.png,10\n", "file,label\n000.png,x\n",
+                                      "name,digit\n000.png,1\n", "file,label\n../000.png,1\n",
+                                      "file,label\n"])
+def test_bad_labels_csv(image_folder, csv_text):
+    folder, _ = image_folder
+    (folder / "labels.csv").write_text(csv_text)
+    with pytest.raises(DatasetError):
+        load_image_folder(folder)
+
+
+def test_load_labelled_on_mnist_arrays_scales_to_unit_floats(tmp_path, digits):
+    x, y = digits
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    fx, fy = load_labelled(tmp_path / "d.npz")
+    assert fx.dtype == np.float32 and np.allclose(fx * 255.0, x, atol=1e-3)
+    assert np.array_equal(fy, y)
