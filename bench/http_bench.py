@@ -23,10 +23,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _paths import ROOT  # noqa: E402  (sets up imports first)
 
 from support import BIN, FIXTURES, LiveServer  # noqa: E402
 
