@@ -25,6 +25,7 @@ def on_worker_start(app):
             return
         _started_pids(app).add(os.getpid())
     from app.extensions import db
+    from app.services.model_versions import sweep_stale_temp_files
     from app.services.retraining import fail_interrupted_jobs
 
     service = app.extensions["model_service"]
@@ -34,6 +35,10 @@ def on_worker_start(app):
         except Exception:  # e.g. tables not migrated yet: /ready will say so
             db.session.rollback()
             log.exception("could not check for interrupted retrain jobs")
+        try:
+            sweep_stale_temp_files(app.config["MODEL_DIR"])
+        except OSError:
+            log.exception("could not sweep temporary model files")
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
         db.session.remove()

@@ -244,3 +244,20 @@ def test_cli_retrain_wait_and_list(tiny_app, client, auth, replay_digits):
     assert '"status": "succeeded"' in result.output
     listing = runner.invoke(args=["model", "list"])
     assert "* retrain-1" in listing.output and "tiny-1" in listing.output
+
+
+def test_stale_temporary_model_files_are_swept(tiny_app):
+    import time as clock
+
+    from app.services.model_versions import sweep_stale_temp_files
+
+    folder = tiny_app.config["MODEL_DIR"]
+    old = os.path.join(folder, "retrain-9.0123abcd.tmp.keras")
+    fresh = os.path.join(folder, "retrain-10.4567cdef.tmp.keras")
+    for path in (old, fresh):
+        with open(path, "wb") as fh:
+            fh.write(b"half a model")
+    os.utime(old, (clock.time() - 7200, clock.time() - 7200))
+    assert sweep_stale_temp_files(folder) == 1
+    assert not os.path.exists(old) and os.path.exists(fresh)
+    assert os.path.exists(os.path.join(folder, "tiny.keras"))

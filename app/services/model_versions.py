@@ -21,6 +21,26 @@ def resolve_path(model_dir, file_path):
     return file_path if os.path.isabs(file_path) else os.path.join(model_dir, file_path)
 
 
+def sweep_stale_temp_files(model_dir, older_than_seconds=3600):
+    """Remove temporary model files left by a process killed mid-save; returns how many.
+
+    They are never loaded (only ``os.replace`` gives a file its final name); this frees the
+    disk. Only old ones go, so a save in progress elsewhere is left alone.
+    """
+    import time
+
+    removed = 0
+    cutoff = time.time() - older_than_seconds
+    for name in os.listdir(model_dir) if os.path.isdir(model_dir) else []:
+        path = os.path.join(model_dir, name)
+        if name.endswith(".tmp.keras") and os.path.getmtime(path) < cutoff:
+            os.remove(path)
+            removed += 1
+    if removed:
+        log.warning("removed %d stale temporary model file(s) from %s", removed, model_dir)
+    return removed
+
+
 def active_version():
     """The active ModelVersion row, or None."""
     return db.session.execute(
