@@ -261,3 +261,19 @@ def test_stale_temporary_model_files_are_swept(tiny_app):
     assert sweep_stale_temp_files(folder) == 1
     assert not os.path.exists(old) and os.path.exists(fresh)
     assert os.path.exists(os.path.join(folder, "tiny.keras"))
+
+
+def test_an_exited_but_unreaped_runner_counts_as_dead():
+    import subprocess
+
+    from app.services.retraining import _pid_alive
+
+    child = subprocess.Popen(["sleep", "0.1"])
+    assert _pid_alive(child.pid)
+    clock_deadline = time.monotonic() + 10
+    while _pid_alive(child.pid) and time.monotonic() < clock_deadline:  # a zombie until waited for
+        time.sleep(0.05)
+    assert not _pid_alive(child.pid)
+    child.wait()
+    assert not _pid_alive(child.pid)
+    assert _pid_alive(os.getpid())

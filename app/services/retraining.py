@@ -64,6 +64,15 @@ def usable_feedback_count():
 
 
 def _pid_alive(pid):
+    """Whether a process with this pid runs here; a zombie (exited, not yet reaped) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # The state follows the parenthesised command name, which may contain spaces.
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: ask the kernel instead
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
