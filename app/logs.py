@@ -30,6 +30,7 @@ def configure_logging(app):
         )
         root.addHandler(handler)
     root.setLevel(app.config["LOG_LEVEL"])
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin per command
 
     @app.before_request
     def _assign_request_id():
