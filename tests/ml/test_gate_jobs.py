@@ -16,6 +16,9 @@ def scores(feedback, replay):
     (scores(0.90, 0.990), scores(0.89, 0.999), 0.5, False),   # worse on feedback
     (scores(0.90, 0.990), scores(0.95, 0.984), 0.5, False),   # 0.6 points forgotten
     (scores(0.90, 0.990), scores(0.95, 0.985), 0.5, True),    # exactly at the limit
+    (scores(0.90, 0.990), scores(0.95, 0.98499), 0.5, False),  # 0.501 points: just over
+    (scores(0.90, 0.990), scores(0.95, 0.987), 0.3, True),    # 0.3 in floats is 0.30000000000000027
+    (scores(0.90, 0.990), scores(0.8999, 0.990), 0.5, False),  # feedback a hair worse
     (scores(0.90, 0.990), scores(0.90, 0.990), 0.5, True),    # equal is enough
     (scores(None, 0.990), scores(None, 0.990), 0.5, True),    # no feedback hold-out
     (scores(0.90, None), scores(0.95, None), 0.5, False),     # forgetting unchecked
