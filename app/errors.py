@@ -13,12 +13,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.extensions import db
-from app.ml.preprocessing import EmptyUpload, ImageRejected, ImageTooLarge, NoDigitFound, NotAnImage
+from app.ml.preprocessing import ImageRejected
 
 log = logging.getLogger(__name__)
-
-# Statuses for the ML package's refusals: it knows no HTTP, the web layer decides.
-IMAGE_ERROR_STATUS = {EmptyUpload: 400, NotAnImage: 415, ImageTooLarge: 413, NoDigitFound: 422}
 
 
 class ApiError(Exception):
@@ -129,7 +126,8 @@ def _api_error(exc):
 
 
 def _image_rejected(exc):
-    return error_response(IMAGE_ERROR_STATUS.get(type(exc), 422), str(exc), code=exc.code)
+    """The preprocessing's refusals carry their own status (400, 413, 415 or 422)."""
+    return error_response(exc.http_status, str(exc), code=exc.code)
 
 
 def _schema_error(exc):
