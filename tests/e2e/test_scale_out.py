@@ -3,7 +3,9 @@
 Needs ``TEST_REDIS_URL`` (a scratch Redis: these tests delete its rate-limit keys) and, for
 the PostgreSQL deployment, ``TEST_POSTGRES_URL``; each test skips without what it needs.
 Every request opens a fresh connection, so gunicorn hands them to whichever worker accepts
-first; ``X-Served-By`` says which one answered, and the tests check that both did.
+first; ``X-Served-By`` says which one answered. The kernel decides who accepts, and a busy
+machine may hand a short run of requests to one worker only, so checks that must hold in
+every worker repeat their request until each worker has answered it.
 """
 
 import os
@@ -64,6 +66,18 @@ def start_workers(live_server, workers=2, **kwargs):
     return server
 
 
+def ask_every_worker(send, workers=2, max_requests=400):
+    """Repeat ``send()`` (a few at a time) until each of ``workers`` has answered; all answers."""
+    answers, seen = [], set()
+    with ThreadPoolExecutor(4) as pool:
+        while len(seen) < workers:
+            assert len(answers) < max_requests, f"only {seen} answered {len(answers)} requests"
+            burst = list(pool.map(lambda _: send(), range(4)))
+            answers += burst
+            seen |= {r.headers["X-Served-By"] for r in burst}
+    return answers
+
+
 def post(server, path, **kwargs):
     return requests.post(server.url + path, headers={**FRESH, **kwargs.pop("headers", {})}, timeout=30, **kwargs)
 
@@ -88,9 +102,8 @@ def test_login_limit_is_counted_once_across_workers(live_server):
     assert error["code"] == "rate_limited" and "rate limit exceeded" in error["message"]
 
     # Every worker refuses from now on, including any that answered none of the attempts above.
-    more = [post(server, "/auth/login", json={"username": "eve", "password": "eve-password-1"}) for _ in range(12)]
+    more = ask_every_worker(lambda: post(server, "/auth/login", json={"username": "eve", "password": "eve-password-1"}))
     assert {r.status_code for r in more} == {429}
-    assert len({r.headers["X-Served-By"] for r in attempts + more}) == 2, "one worker answered everything"
     # Other routes have their own limits: the worker is refusing logins only.
     assert requests.get(server.url + "/health", headers=FRESH, timeout=10).status_code == 200
 
@@ -114,16 +127,13 @@ def test_accounts_across_workers_on_postgres(live_server):
 
     # A token issued by one worker is honoured by every worker.
     token = {"Authorization": f"Bearer {logins[0].json()['access_token']}", **FRESH}
-    answers = [requests.get(server.url + "/auth/me", headers=token, timeout=10) for _ in range(10)]
+    answers = ask_every_worker(lambda: requests.get(server.url + "/auth/me", headers=token, timeout=10))
     assert {(r.status_code, r.json()["username"]) for r in answers} == {(200, "user0")}
 
     # Logged out in one request: refused by every worker (the blocklist is in the database).
     assert post(server, "/auth/logout", headers=token).status_code == 200
-    refused = [requests.get(server.url + "/auth/me", headers=token, timeout=10) for _ in range(10)]
+    refused = ask_every_worker(lambda: requests.get(server.url + "/auth/me", headers=token, timeout=10))
     assert {(r.status_code, r.json()["error"]["code"]) for r in refused} == {(401, "token_revoked")}
-
-    served = {r.headers["X-Served-By"] for r in racing + logins + answers + refused}
-    assert len(served) == 2, "one worker answered everything"
 
     import psycopg
 
