@@ -10,7 +10,7 @@ the same digits before and after the trip through a realistic upload.
 Used by bench/preprocessing_accuracy.py and to build tests/fixtures/mnist50. As a
 script it writes a folder of uploads plus labels.csv:
 
-    python -m bench.uploads --out /tmp/uploads --per-class 5 --seed 0
+    python -m bench.uploads --out /tmp/uploads --per-class 5 --seed 0 [--max-scale 4]
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ def _read_idx(path: Path) -> np.ndarray:
 # ------------------------------------------------------------------------- rendering
 
 
-def _ink_map(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """The digit as an ink-coverage image ("F", 0..1) at a random 2-10x scale and tilt."""
+def _ink_map(digit: np.ndarray, rng: np.random.Generator, max_scale: float) -> Image.Image:
+    """The digit as an ink-coverage image ("F", 0..1) at a random 2-max_scale x scale and tilt."""
     ink = Image.fromarray(digit.astype(np.float32) / 255.0, mode="F")
-    scale = float(rng.uniform(2.0, 10.0))
+    scale = float(rng.uniform(2.0, max(2.0, max_scale)))
     size = int(round(28 * scale))
     ink = ink.resize((size, size), Image.Resampling.BICUBIC)
     angle = float(rng.uniform(-10.0, 10.0))
@@ -200,37 +200,40 @@ def _dark(cov: np.ndarray, rng: np.random.Generator) -> bytes:
 _RENDER = {"paper": _paper, "canvas": _canvas, "cutout": _cutout, "dark": _dark}
 
 
-def make_upload(digit_uint8_28x28: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> bytes:
+def make_upload(
+    digit_uint8_28x28: np.ndarray, rng: np.random.Generator, kind: str | None = None, max_scale: float = 10.0
+) -> bytes:
     """Render one MNIST digit as a realistic upload (PNG/JPEG/RGBA bytes).
 
     Deterministic for a given Generator state. `kind` forces one of "paper", "canvas",
-    "cutout", "dark"; by default it is drawn with the shares in KINDS.
+    "cutout", "dark"; by default it is drawn with the shares in KINDS. The digit is drawn
+    2 to `max_scale` times its MNIST size (small values make small files, for fixtures).
     """
     digit = np.asarray(digit_uint8_28x28)
     if digit.shape != (28, 28) or digit.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (28, 28) MNIST digit, got {digit.dtype} {digit.shape}")
-    return _make(digit, rng, kind)[1]
+    return _make(digit, rng, kind, max_scale)[1]
 
 
-def _make(digit: np.ndarray, rng: np.random.Generator, kind: str | None) -> tuple[str, bytes]:
+def _make(digit: np.ndarray, rng: np.random.Generator, kind: str | None, max_scale: float = 10.0) -> tuple[str, bytes]:
     names = [k for k, _ in KINDS]
     if kind is None:
         kind = names[int(rng.choice(len(KINDS), p=[p for _, p in KINDS]))]
     elif kind not in _RENDER:
         raise ValueError(f"unknown kind {kind!r}; expected one of {names}")
-    cov = _place(_ink_map(digit, rng), rng)
+    cov = _place(_ink_map(digit, rng, max_scale), rng)
     return kind, _RENDER[kind](cov, rng)
 
 
-def make_uploads(x: np.ndarray, seed: int = 0) -> list[bytes]:
+def make_uploads(x: np.ndarray, seed: int = 0, max_scale: float = 10.0) -> list[bytes]:
     """One upload per digit of x, all from one seeded Generator (same seed, same bytes)."""
-    return [data for _, data in make_uploads_with_kinds(x, seed)]
+    return [data for _, data in make_uploads_with_kinds(x, seed, max_scale)]
 
 
-def make_uploads_with_kinds(x: np.ndarray, seed: int = 0) -> list[tuple[str, bytes]]:
+def make_uploads_with_kinds(x: np.ndarray, seed: int = 0, max_scale: float = 10.0) -> list[tuple[str, bytes]]:
     """Like make_uploads, with the kind of each upload (for per-kind accuracy)."""
     rng = np.random.default_rng(seed)
-    return [_make(np.asarray(d), rng, None) for d in x]
+    return [_make(np.asarray(d), rng, None, max_scale) for d in x]
 
 
 def extension(data: bytes) -> str:
@@ -238,11 +241,11 @@ def extension(data: bytes) -> str:
     return ".jpg" if data[:3] == b"\xff\xd8\xff" else ".png"
 
 
-def write_folder(out: Path, x: np.ndarray, y: np.ndarray, seed: int = 0) -> list[tuple[str, int]]:
+def write_folder(out: Path, x: np.ndarray, y: np.ndarray, seed: int = 0, max_scale: float = 10.0) -> list[tuple[str, int]]:
     """Write uploads for (x, y) into out/ with labels.csv (`file,label`)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, data in enumerate(make_uploads(x, seed)):
+    for i, data in enumerate(make_uploads(x, seed, max_scale)):
         name = f"{i:05d}{extension(data)}"
         (out / name).write_bytes(data)
         rows.append((name, int(y[i])))
@@ -266,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=None, help="first N test digits of each class")
     parser.add_argument("--limit", type=int, default=None, help="first N test digits")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-scale", type=float, default=10.0, help="largest digit scale (2-10x MNIST size)")
     args = parser.parse_args(argv)
     x, y = load_mnist_test(args.mnist)
     if args.per_class:
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         x, y = x[idx], y[idx]
     elif args.limit:
         x, y = x[: args.limit], y[: args.limit]
-    rows = write_folder(args.out, x, y, args.seed)
+    rows = write_folder(args.out, x, y, args.seed, args.max_scale)
     size = sum((args.out / name).stat().st_size for name, _ in rows)
     print(f"wrote {len(rows)} uploads ({size / 1024:.0f} KiB) to {args.out}")
     return 0
