@@ -22,6 +22,7 @@ def write_idx(path, array, compress):
     array = np.asarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     raw = header + array.tobytes()
+    assert raw[:4] == (b"\x00\x00\x08\x03" if array.ndim == 3 else b"\x00\x00\x08\x01")  # MNIST's magic
     path.write_bytes(gzip.compress(raw) if compress else raw)
 
 
@@ -67,6 +68,34 @@ def test_training_folder_with_test_files_resolves_to_training_set(tmp_path, digi
     assert len(load_mnist(tmp_path)[1]) == 20
     assert len(load_mnist(tmp_path, split="train")[1]) == 20
     assert np.array_equal(load_mnist(tmp_path, split="test")[0], x[20:])
+
+
+def test_load_labelled_for_evaluation_picks_the_test_files(tmp_path, digits):
+    x, y = digits
+    np.savez_compressed(tmp_path / "train-10k.npz", x=x[:20], y=y[:20])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", x[20:], True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", y[20:], True)
+    train_x, train_y = load_labelled(tmp_path)
+    test_x, test_y = load_labelled(tmp_path, for_evaluation=True)
+    assert np.array_equal(train_y, y[:20]) and np.allclose(train_x * 255.0, x[:20], atol=1e-3)
+    assert np.array_equal(test_y, y[20:]) and np.allclose(test_x * 255.0, x[20:], atol=1e-3)
+    assert test_x.dtype == np.float32 and test_x.max() <= 1.0
+
+
+def test_for_evaluation_without_test_files_uses_what_is_there(tmp_path, digits):
+    x, y = digits
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    got_x, got_y = load_labelled(tmp_path, for_evaluation=True)
+    assert np.array_equal(got_y, y) and got_x.shape == (30, 28, 28)
+
+
+def test_unknown_split_is_refused(tmp_path, digits):
+    x, y = digits
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    with pytest.raises(DatasetError, match="split"):
+        load_mnist(tmp_path, split="validation")
+    with pytest.raises(DatasetError, match="test"):
+        load_mnist(tmp_path, split="test")  # a folder without test files has no test split
 
 
 def test_ambiguous_folder_is_refused(tmp_path, digits):
@@ -147,14 +176,23 @@ def test_image_folder_errors_name_the_file(image_folder):
         load_image_folder(folder)
 
 
-@pytest.mark.parametrize("csv_text", ["file,label\n000.png,10\n", "file,label\n000.png,x\n",
-                                      "name,digit\n000.png,1\n", "file,label\n../000.png,1\n",
-                                      "file,label\n"])
-def test_bad_labels_csv(image_folder, csv_text):
+@pytest.mark.parametrize("csv_text, message", [
+    ("file,label\n000.png,10\n", "label 10 is not 0..9"),
+    ("file,label\n000.png,x\n", "label 'x' is not 0..9"),
+    ("file,label\n000.png,-1\n", "label -1 is not 0..9"),
+    ("file,label\n000.png,\n", "is not 0..9"),
+    ("file,label\n000.png,1\n001.png,1.5\n", r"labels.csv:3: label '1.5'"),  # names the line
+    ("name,digit\n000.png,1\n", "header"),
+    ("file,label\n../000.png,1\n", "bad file name"),
+    ("file,label\n", "no rows"),
+], ids=["ten", "letter", "negative", "empty", "fraction-on-line-3", "header", "path", "no-rows"])
+def test_bad_labels_csv(image_folder, csv_text, message):
     folder, _ = image_folder
     (folder / "labels.csv").write_text(csv_text)
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError, match=message):
         load_image_folder(folder)
+    with pytest.raises(DatasetError, match=message):
+        load_labelled(folder)
 
 
 def test_load_labelled_on_mnist_arrays_scales_to_unit_floats(tmp_path, digits):
@@ -163,3 +201,15 @@ def test_load_labelled_on_mnist_arrays_scales_to_unit_floats(tmp_path, digits):
     fx, fy = load_labelled(tmp_path / "d.npz")
     assert fx.dtype == np.float32 and np.allclose(fx * 255.0, x, atol=1e-3)
     assert np.array_equal(fy, y)
+
+
+def test_image_folder_of_real_uploads():
+    """The shipped fixture: 50 realistic uploads of MNIST test digits with labels.csv."""
+    from support import FIXTURES
+
+    folder = FIXTURES / "mnist50"
+    blobs, labels = load_image_folder(folder)
+    assert len(blobs) == 50 and np.array_equal(np.bincount(labels, minlength=10), [5] * 10)
+    x, y = load_labelled(folder)
+    assert x.shape == (50, 28, 28) and x.dtype == np.float32 and np.array_equal(y, labels)
+    assert (x.reshape(50, -1).max(axis=1) > 0.9).all()  # every upload yielded a digit
