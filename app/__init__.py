@@ -150,5 +150,10 @@ def register_model_service(app):
     from app import lifecycle
     from app.serving import ModelService
 
+    from app.ml.parallel import PreprocessPool
+
     ModelService().init_app(app)
+    app.extensions["preprocess_pool"] = PreprocessPool(
+        app.config["PREPROCESS_PROCESSES"], min_batch=app.config["PREPROCESS_MIN_BATCH"]
+    )
     lifecycle.init_app(app)

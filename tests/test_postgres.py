@@ -17,10 +17,11 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image, ImageDraw
 
+from app.api.uploads import Upload
 from app.entities import Feedback, Prediction, RetrainJob, RevokedToken, StoredImage, User
 from app.extensions import db
 from app.services import retraining
-from app.services.predictions import store_image
+from app.services.predictions import store_images
 from support import POSTGRES_SKIP_REASON, ROOT, SHIPPED_MODELS
 
 pytestmark = pytest.mark.skipif(not os.environ.get("TEST_POSTGRES_URL"), reason=POSTGRES_SKIP_REASON)
@@ -45,7 +46,7 @@ def stored_prediction(app, username, data=b"not really an image"):
     """A prediction row for ``username`` as the predict endpoint stores it (no model needed)."""
     with app.app_context():
         user_id = db.session.execute(db.select(User.id).filter_by(username=username)).scalar_one()
-        digest = store_image(data, "image/png")
+        [digest] = store_images([Upload(data, content_type="image/png")])
         row = Prediction(user_id=user_id, image_sha256=digest, predicted=7, confidence=0.9,
                          probabilities=[0.01] * 9 + [0.91], model_version="base-1", api_version="v2")
         db.session.add(row)
@@ -119,10 +120,11 @@ def test_register_login_logout_and_revocation(app, client, auth):
 
 def test_images_are_stored_once_with_the_postgres_upsert(app):
     with app.app_context():
-        first = store_image(b"same bytes", "image/png")
-        second = store_image(b"same bytes", "image/png")
+        same = Upload(b"same bytes", content_type="image/png")
+        first, again = store_images([same, same])  # twice in one batch
+        [second] = store_images([same])  # and once more later
         db.session.commit()
-        assert first == second
+        assert first == again == second
         assert db.session.scalar(db.select(db.func.count()).select_from(StoredImage)) == 1
         assert db.session.get(StoredImage, first).data == b"same bytes"
 

@@ -164,6 +164,24 @@ def test_batch_refuses_a_bad_file_whole(app, client, auth, digit):
     assert counts(app) == (0, 0)
 
 
+def test_large_batch_refusal_names_the_file_and_stores_nothing(app, client, auth):
+    # 20 files: preprocessed in several processes; the refusal still names the right one.
+    files = [(io.BytesIO(path.read_bytes()), path.name) for path, _ in fixture_digits()[:19]]
+    files.insert(13, (io.BytesIO(png_bytes(Image.new("L", (90, 90), 255))), "blank.png"))
+    response = client.post("/api/v2/predict/batch", headers=auth.headers(), data={"files": files})
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["message"].startswith("file 13 (blank.png): ")
+    assert counts(app) == (0, 0)
+
+
+def test_a_batch_repeating_an_image_stores_it_once(app, client, auth, digit):
+    files = [(io.BytesIO(digit[0]), f"{i}.png") for i in range(10)]
+    response = client.post("/api/v2/predict/batch", headers=auth.headers(), data={"files": files})
+    assert response.status_code == 200
+    assert len({p["prediction_id"] for p in response.get_json()["predictions"]}) == 10
+    assert counts(app) == (10, 1)
+
+
 def test_batch_limit(make_app, digit):
     app = make_app(BATCH_MAX_FILES=3)
     client = app.test_client()

@@ -601,20 +601,20 @@ def preprocess(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return _digit_from_signal(signal)
 
 
-def preprocess_many(items: list[bytes], **kw) -> np.ndarray:
+def preprocess_many(items: list[bytes], *, start: int = 0, **kw) -> np.ndarray:
     """Preprocess a batch of uploads into (n, 28, 28) float32; keyword args as `preprocess`.
 
-    The first refused item raises its ImageRejected subclass, with the item's index
-    prefixed to the message and kept as `exc.index`, so a caller can report which one.
+    The first refused item's ImageRejected is re-raised as it was, with `exc.index` set
+    to the item's position in the whole batch (`start` + its position in `items`, for a
+    caller that split the batch), so the caller can say which one it was.
     """
     out = np.zeros((len(items), _OUT, _OUT), dtype=np.float32)
     for i, item in enumerate(items):
         try:
             out[i] = preprocess(item, **kw)
         except ImageRejected as exc:
-            err = type(exc)(f"item {i}: {exc}")
-            err.index = i
-            raise err from exc
+            exc.index = start + i
+            raise
     return out
 
 

@@ -9,7 +9,7 @@ from app.entities import Feedback, Prediction, RetrainJob, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.extensions import db
 from app.services.model_versions import ensure_active_version
-from app.services.predictions import preprocess_uploads, store_image
+from app.services.predictions import preprocess_uploads, store_images
 
 
 def _check_label(label):
@@ -51,7 +51,7 @@ def give_labelled_sample(upload, label, *, user_id):
     """A labelled image with no earlier prediction; it must be an image with a digit in it."""
     label = _check_label(label)
     preprocess_uploads([upload])  # refuse what retraining could not use, before storing anything
-    digest = store_image(upload.data, upload.content_type)
+    [digest] = store_images([upload])
     feedback = Feedback(prediction_id=None, user_id=user_id, image_sha256=digest, label=label)
     db.session.add(feedback)
     db.session.commit()

@@ -1,67 +1,89 @@
 """Predictions: preprocess uploads, run one batched inference, store what was asked and answered."""
 
 import hashlib
+from dataclasses import dataclass
 
 from flask import current_app
+from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.entities import Prediction, StoredImage
 from app.extensions import db
-from app.ml.preprocessing import ImageRejected, preprocess
+from app.ml.preprocessing import ImageRejected
 
 
-def store_image(data, content_type=None):
-    """Keep the original upload once, by content digest, so retraining can re-read it later."""
-    digest = hashlib.sha256(data).hexdigest()
-    insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
+@dataclass(frozen=True)
+class PredictionResult:
+    """What a predict endpoint answers with, kept from the insert (no re-read after commit)."""
+
+    id: int
+    predicted: int
+    confidence: float
+    probabilities: list
+    model_version: str
+
+
+def store_images(uploads):
+    """Keep each original upload once, by content digest, so retraining can re-read it later.
+
+    One statement for the whole batch; images already stored are left as they are.
+    Returns the digests in the order of ``uploads``.
+    """
+    digests = [hashlib.sha256(upload.data).hexdigest() for upload in uploads]
+    rows = {}
+    for digest, upload in zip(digests, uploads):
+        rows.setdefault(digest, {"sha256": digest, "content_type": upload.content_type,
+                                 "size": len(upload.data), "data": upload.data})
+    insert_for_dialect = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
     db.session.execute(
-        insert(StoredImage)
-        .values(sha256=digest, content_type=content_type, size=len(data), data=data)
-        .on_conflict_do_nothing(index_elements=["sha256"])
+        insert_for_dialect(StoredImage).values(list(rows.values())).on_conflict_do_nothing(index_elements=["sha256"])
     )
-    return digest
+    return digests
 
 
 def preprocess_uploads(uploads):
     """Turn raw uploads into model inputs; the first bad one refuses the whole request."""
-    import numpy as np
-
-    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
-    arrays = []
-    for index, upload in enumerate(uploads):
-        try:
-            arrays.append(preprocess(upload.data, max_pixels=max_pixels))
-        except ImageRejected as exc:
-            if len(uploads) == 1:
-                raise
-            # Same refusal, but say which file of the batch it was.
-            raise type(exc)(f"file {index} ({upload.filename or 'unnamed'}): {exc}") from exc
-    return np.stack(arrays)
+    pool = current_app.extensions["preprocess_pool"]
+    try:
+        return pool.preprocess_many([upload.data for upload in uploads],
+                                    max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+    except ImageRejected as exc:
+        if len(uploads) == 1:
+            raise
+        # Same refusal, but say which file of the batch it was.
+        upload = uploads[exc.index]
+        raise type(exc)(f"file {exc.index} ({upload.filename or 'unnamed'}): {exc}") from exc
 
 
 def predict_uploads(uploads, *, user_id, api_version):
     """Predict every upload in one inference call and store each as a ``Prediction`` row.
 
     Nothing is written unless every upload was a valid image and the model answered.
+    Returns ``([PredictionResult, ...], model_version)`` in the order of ``uploads``.
     """
     batch = preprocess_uploads(uploads)
     probabilities, version = current_app.extensions["model_service"].predict(batch)
-    rows = []
-    for upload, probs in zip(uploads, probabilities):
-        digest = store_image(upload.data, upload.content_type)
+    digests = store_images(uploads)
+    values = []
+    for digest, probs in zip(digests, probabilities):
         probs = [round(float(p), 6) for p in probs]
         predicted = max(range(len(probs)), key=probs.__getitem__)
-        row = Prediction(
-            user_id=user_id,
-            image_sha256=digest,
-            predicted=predicted,
-            confidence=probs[predicted],
-            probabilities=probs,
-            model_version=version,
-            api_version=api_version,
-        )
-        db.session.add(row)
-        rows.append(row)
+        values.append({
+            "user_id": user_id,
+            "image_sha256": digest,
+            "predicted": predicted,
+            "confidence": probs[predicted],
+            "probabilities": probs,
+            "model_version": version,
+            "api_version": api_version,
+        })
+    # One multi-row INSERT ... RETURNING; sort_by_parameter_order keeps ids in upload order.
+    ids = db.session.scalars(insert(Prediction).returning(Prediction.id, sort_by_parameter_order=True), values).all()
     db.session.commit()
-    return rows, version
+    results = [
+        PredictionResult(id=id_, predicted=v["predicted"], confidence=v["confidence"],
+                         probabilities=v["probabilities"], model_version=version)
+        for id_, v in zip(ids, values)
+    ]
+    return results, version

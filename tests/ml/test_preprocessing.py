@@ -409,7 +409,10 @@ def test_preprocess_many(seven, reference):
     assert preprocess_many([]).shape == (0, 28, 28)
     with pytest.raises(NoDigitFound) as info:
         preprocess_many([encode(seven), encode(np.zeros((20, 20), np.uint8))])
-    assert info.value.index == 1 and "item 1" in str(info.value)
+    assert info.value.index == 1 and str(info.value) == str(NoDigitFound())
+    with pytest.raises(NoDigitFound) as info:
+        preprocess_many([encode(np.zeros((20, 20), np.uint8))], start=40)
+    assert info.value.index == 40
 
 
 def test_from_mnist_uint8():
