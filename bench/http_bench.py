@@ -4,10 +4,13 @@
 
 1. Latency: locust (headless) drives ``POST /api/v2/predict`` and ``GET /health`` at the
    same time against one gunicorn worker; we compare their medians (target: predict median
-   at most 3x the /health median: the model adds little to the cost of a request).
+   at most 3x the /health median: the model adds little to the cost of a request). The
+   same is measured without load too: one client alternating the two requests.
 2. Throughput: 64-image batches through ``POST /api/v2/predict/batch`` against the same
    batches through the in-process registry (the raw model call), interleaved so that both
    see the same machine load (target: the endpoint keeps at least 25 % of raw throughput).
+   A third column does in-process what the endpoint does minus HTTP and the database:
+   preprocessing (in as many processes as the server uses) plus the model call.
 """
 
 import argparse
@@ -54,6 +57,26 @@ def latency(server, args, token, image_path, workdir):
             for name in ("v2 predict", "health")}
 
 
+def unloaded_latency(server, token, image_path, rounds=200):
+    """One client, one request at a time, predict and /health alternating: medians in ms."""
+    headers = {"Authorization": f"Bearer {token}"}
+    image = image_path.read_bytes()
+    times = {"v2 predict": [], "health": []}
+    with requests.Session() as session:
+        for i in range(rounds + 10):
+            started = time.perf_counter()
+            session.post(server.url + "/api/v2/predict", headers=headers, timeout=30,
+                         files={"file": ("digit.png", image, "image/png")}).raise_for_status()
+            predict_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            session.get(server.url + "/health", timeout=30).raise_for_status()
+            health_ms = (time.perf_counter() - started) * 1000
+            if i >= 10:  # warm-up rounds are not counted
+                times["v2 predict"].append(predict_ms)
+                times["health"].append(health_ms)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def mnist_sized_png(path):
     """The kind of upload the original service got: the digit already 28x28, white on black."""
     from PIL import Image
@@ -68,13 +91,16 @@ def mnist_sized_png(path):
 def throughput(server, args, headers, uploads):
     import numpy as np
 
-    from app.ml.preprocessing import preprocess_many
+    from app.ml.parallel import PreprocessPool
     from app.ml.registry import ModelRegistry
+    from config import Config
 
     manifest = __import__("json").loads((server.model_dir / "manifest.json").read_text())
     registry = ModelRegistry()
     registry.load(manifest["version"], str(server.model_dir / manifest["file"]))
-    batch = preprocess_many(uploads)
+    pool = PreprocessPool(Config.PREPROCESS_PROCESSES, min_batch=Config.PREPROCESS_MIN_BATCH)
+    pool.start()
+    batch = pool.preprocess_many(uploads)
     registry.predict(batch)  # warm
     http_times, raw_times, pipeline_times = [], [], []
     files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
@@ -87,8 +113,9 @@ def throughput(server, args, headers, uploads):
         registry.predict(np.asarray(batch))
         raw_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        registry.predict(preprocess_many(uploads))
+        registry.predict(pool.preprocess_many(uploads))
         pipeline_times.append(time.perf_counter() - started)
+    pool.shutdown()
     n = len(uploads)
     return {"http_images_per_s": n / statistics.median(http_times), "raw_images_per_s": n / statistics.median(raw_times),
             "pipeline_images_per_s": n / statistics.median(pipeline_times)}
@@ -109,6 +136,7 @@ def main():
         token = headers["Authorization"].split()[1]
         for name, image in (("realistic upload", digits[0]), ("28x28 upload", small)):
             results[name] = latency(server, args, token, image, workdir)
+            results[name]["unloaded"] = unloaded_latency(server, token, image)
         real = [p.read_bytes() for p in (digits * 2)[:64]]
         results["throughput realistic"] = throughput(server, args, headers, real)
         results["throughput 28x28"] = throughput(server, args, headers, [small.read_bytes()] * 64)
@@ -126,6 +154,11 @@ def main():
         print(f"{name:<18}{lat['v2 predict']['median_ms']:>12.0f} / {lat['v2 predict']['p95_ms']:<5.0f}"
               f"{lat['health']['median_ms']:>12.0f} / {lat['health']['p95_ms']:<5.0f}{ratio:>10.2f}x{'<= 3x':>8}"
               f"   failures {lat['v2 predict']['failures'] + lat['health']['failures']}")
+    print("the same without load (one client, one request at a time):")
+    for name in ("realistic upload", "28x28 upload"):
+        quiet = results[name]["unloaded"]
+        ratio = quiet["v2 predict"] / max(quiet["health"], 0.001)
+        print(f"{name:<18}{quiet['v2 predict']:>12.1f}{quiet['health']:>20.1f}{ratio:>17.2f}x")
     print(f"\n{'batch of 64':<18}{'endpoint img/s':>16}{'raw model img/s':>17}{'share':>8}{'target':>9}"
           f"{'preprocess+model img/s':>24}{'share':>8}")
     for name in ("throughput realistic", "throughput 28x28"):

@@ -23,6 +23,9 @@ from app.ml.preprocessing import DEFAULT_MAX_PIXELS, preprocess_many
 
 log = logging.getLogger(__name__)
 
+# What a pool that cannot start or lost a process raises (never an upload's refusal).
+_POOL_FAILURES = (BrokenProcessPool, OSError, RuntimeError)
+
 
 def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous (start, stop) ranges covering range(n), sizes differing by <= 1."""
@@ -60,28 +63,39 @@ class PreprocessPool:
         return self.processes >= 2
 
     def start(self) -> None:
-        """Start the worker processes now (otherwise: at the first large batch) and wait for them."""
+        """Start the worker processes now (otherwise: at the first large batch) and wait for them.
+
+        If they cannot start (for example a script without an ``if __name__ == "__main__"``
+        guard, which ``spawn`` re-imports), this logs why and preprocesses in the calling
+        thread from then on: slower batches, never failed ones.
+        """
         if not self.enabled:
             return
-        executor = self._get_executor()
-        # Each process imports numpy, Pillow and the preprocessing as it starts (its
-        # initializer lives in this module); waiting for trivial tasks pays that here.
-        list(executor.map(_chunks, [1] * self.processes, [1] * self.processes))
+        try:
+            # Each process imports numpy, Pillow and the preprocessing as it starts (its
+            # initializer lives in this module); waiting for trivial tasks pays that here.
+            list(self._get_executor().map(_chunks, [1] * self.processes, [1] * self.processes))
+        except _POOL_FAILURES:
+            log.exception("preprocessing processes did not start; batches are preprocessed in the request thread")
+            self._discard()
+            self.processes = 0
 
     def preprocess_many(self, items, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         if not self.enabled or len(items) < self.min_batch:
             return preprocess_many(items, max_pixels=max_pixels)
-        executor = self._get_executor()
         try:
+            executor = self._get_executor()
             futures = [
                 executor.submit(preprocess_many, items[start:stop], start=start, max_pixels=max_pixels)
                 for start, stop in _chunks(len(items), self.processes)
             ]
             # In order, so the first refused item of the batch is the one reported.
             return np.concatenate([future.result() for future in futures])
-        except BrokenProcessPool:
-            log.exception("a preprocessing process died; preprocessing this batch here")
-            self._discard(executor)
+        except _POOL_FAILURES:
+            # A process died (or none could start): this batch is done here, the next
+            # one gets fresh processes.
+            log.exception("batch preprocessing in processes failed; preprocessing this batch here")
+            self._discard()
             return preprocess_many(items, max_pixels=max_pixels)
 
     def shutdown(self) -> None:
@@ -99,8 +113,8 @@ class PreprocessPool:
                 )
             return self._executor
 
-    def _discard(self, executor: ProcessPoolExecutor) -> None:
+    def _discard(self) -> None:
         with self._lock:
-            if self._executor is executor:
-                self._executor = None
-        executor.shutdown(wait=False, cancel_futures=True)
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -90,3 +90,18 @@ def test_a_killed_worker_process_costs_no_batch(uploads):
         assert pool._executor is not None and pool._executor is not executor
     finally:
         pool.shutdown()
+
+
+def test_a_pool_that_cannot_start_falls_back_to_this_process(uploads, monkeypatch):
+    import multiprocessing
+
+    def broken_context(_method):
+        raise OSError("no processes here")
+
+    pool = PreprocessPool(2, min_batch=4)
+    monkeypatch.setattr(multiprocessing, "get_context", broken_context)
+    # A batch still gets its answer, from this process.
+    assert np.array_equal(pool.preprocess_many(uploads[:8]), preprocess_many(uploads[:8]))
+    pool.start()  # cannot start: gives up on processes for good
+    assert not pool.enabled
+    assert np.array_equal(pool.preprocess_many(uploads[:8]), preprocess_many(uploads[:8]))
