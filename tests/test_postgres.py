@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw
 
 from app.api.uploads import Upload
-from app.entities import Feedback, Prediction, RetrainJob, RevokedToken, StoredImage, User
+from app.entities import Feedback, ModelVersion, Prediction, RetrainJob, RevokedToken, StoredImage, User
 from app.extensions import db
 from app.services import retraining
 from app.services.predictions import store_images
@@ -215,3 +215,38 @@ def test_only_one_retrain_job_at_a_time_even_when_requests_race(app, auth, monke
     after = client.post("/admin/retrain", headers=admin, json={})
     assert after.status_code == 202 and after.get_json()["job_id"] != accepted["job_id"]
     assert client.get(f"/admin/retrain/{after.get_json()['job_id']}", headers=admin).get_json()["status"] == "queued"
+
+
+def test_racing_activations_leave_exactly_one_active_version(app, monkeypatch):
+    """Rollbacks and promotions at the same moment: PostgreSQL's READ COMMITTED must not let
+    each retire only the version it saw and leave two active."""
+    from app.ml import artifacts
+    from app.services import model_versions
+
+    names = [f"race-{i}" for i in range(4)]
+    with app.app_context():
+        base = model_versions.ensure_active_version()
+        for name in names:
+            db.session.add(ModelVersion(version=name, file_path=base.file_path, sha256=base.sha256,
+                                        parent_version=base.version, metrics={}))
+        db.session.commit()
+
+    all_checked = threading.Barrier(len(names), timeout=30)
+    hash_file = artifacts.sha256_file
+
+    def hash_then_wait_for_the_others(path):
+        digest = hash_file(path)
+        all_checked.wait()  # every activation updates the table at the same moment
+        return digest
+
+    monkeypatch.setattr(artifacts, "sha256_file", hash_then_wait_for_the_others)
+
+    def activate(name):
+        with app.app_context():
+            model_versions.activate_version(name)
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(activate, names))
+    with app.app_context():
+        active = db.session.scalars(db.select(ModelVersion.version).filter_by(status="active")).all()
+    assert len(active) == 1 and active[0] in names

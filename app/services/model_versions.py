@@ -170,6 +170,11 @@ def activate_version(version, *, commit=True):
 
     if sha256_file(path) != row.sha256:  # workers would refuse it: refuse here, visibly
         raise Conflict(f"model file for {version!r} does not match its recorded sha256", code="model_file_corrupt")
+    # Activations take turns: under PostgreSQL's READ COMMITTED, two of them at once would
+    # each retire only the active row they saw and leave two active. Locking the (few)
+    # version rows first makes the second wait and then see the first one's result.
+    # (SQLite has a single writer already; SQLAlchemy leaves FOR UPDATE out there.)
+    db.session.execute(db.select(ModelVersion.id).with_for_update()).all()
     db.session.execute(
         db.update(ModelVersion).where(ModelVersion.status == "active").values(status="retired")
     )
