@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile
 
+from app.ml import preprocessing as pp
 from app.ml.preprocessing import (
     DEFAULT_MAX_PIXELS,
     EmptyUpload,
@@ -459,3 +460,141 @@ def test_base_model_reads_the_mnist_fixtures():
     items, labels = load_fixtures()
     pred = np.asarray(model(preprocess_many(items), training=False)).argmax(axis=1)
     assert (pred == labels).mean() >= 0.96
+
+
+# ------------------------------------------- fast helpers == their plain numpy versions
+#
+# The pipeline's helpers avoid np.median, np.pad and friends for speed; each must give
+# exactly what the plain numpy version gives, which is written out here as reference.
+
+
+def plain_half_sigma(values: np.ndarray) -> float:
+    flat = values.ravel()
+    flat = flat[:: max(1, flat.size // 16384)]
+    neg = flat[flat <= 0]
+    if neg.size < 16:
+        return 0.0
+    return float(np.median(-neg) / 0.6745)
+
+
+def plain_blur(a: np.ndarray) -> np.ndarray:
+    p = np.pad(a, 1, mode="edge")
+    v = p[:-2, :] + 2.0 * p[1:-1, :] + p[2:, :]
+    return (v[:, :-2] + 2.0 * v[:, 1:-1] + v[:, 2:]) * (1.0 / 16.0)
+
+
+def plain_thicken(ink: np.ndarray, radius: int) -> np.ndarray:
+    out = ink
+    for step in range(radius):
+        p = np.pad(out, 1)
+        cross = np.maximum.reduce([p[1:-1, 1:-1], p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
+        if step % 2:
+            cross = np.maximum.reduce([cross, p[:-2, :-2], p[:-2, 2:], p[2:, :-2], p[2:, 2:]])
+        out = cross
+    return out
+
+
+def plain_stroke_width(frame: np.ndarray) -> float:
+    mask = np.pad(frame > 0.5, 1).astype(np.int8)
+    perimeter = np.abs(np.diff(mask, axis=0)).sum() + np.abs(np.diff(mask, axis=1)).sum()
+    return 2.0 * float(frame.sum()) / max(int(perimeter), 1)
+
+
+def plain_dilate(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1)
+    v = p[:-2, :] | p[1:-1, :] | p[2:, :]
+    return v[:, :-2] | v[:, 1:-1] | v[:, 2:]
+
+
+def assert_same(a, b):
+    assert np.asarray(a).dtype == np.asarray(b).dtype
+    assert np.array_equal(a, b)
+
+
+def test_median_is_np_median():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for n in [*range(1, 40), 1000, 1001, 20000]:
+            for values in (rng.normal(size=n), rng.integers(0, 3, size=n) * 0.5):
+                a = values.astype(dtype)
+                assert_same(pp._median(a.copy()), np.median(a))
+
+
+def test_half_sigmas_are_both_plain_half_sigmas():
+    rng = np.random.default_rng(1)
+    cases = [rng.normal(size=(h, w)).astype(np.float32) for h, w in [(4, 4), (5, 7), (28, 28), (256, 200)]]
+    cases += [np.zeros((30, 30), np.float32), np.abs(rng.normal(size=(40, 40))).astype(np.float32)]
+    ties = np.round(rng.normal(size=(150, 170)) * 2) / 8
+    ties[:, :60] = 0.0  # flat synthetic paper: zeros on both sides
+    cases.append(ties.astype(np.float32))
+    for values in cases:
+        assert pp._half_sigmas(values) == (plain_half_sigma(values), plain_half_sigma(-values))
+        assert pp._half_sigma(values) == plain_half_sigma(values)
+
+
+def test_blur_is_the_padded_blur():
+    rng = np.random.default_rng(2)
+    for shape in [(1, 1), (1, 6), (6, 1), (2, 3), (28, 28), (97, 256)]:
+        a = rng.normal(size=shape).astype(np.float32)
+        assert_same(pp._blur(a), plain_blur(a))
+
+
+def test_thicken_dilate_and_stroke_width_are_the_padded_versions():
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (3, 5), (28, 28), (60, 41)]:
+        ink = np.clip(rng.normal(size=shape), 0.0, 1.0).astype(np.float32)
+        for radius in range(4):
+            assert_same(pp._thicken(ink, radius), plain_thicken(ink, radius))
+        mask = rng.random(shape) < 0.1
+        assert_same(pp._dilate(mask), plain_dilate(mask))
+    frames = [np.zeros((28, 28), np.float32), np.ones((28, 28), np.float32), rng.random((28, 28)).astype(np.float32)]
+    for frame in frames:
+        assert pp._stroke_width(frame) == plain_stroke_width(frame)
+
+
+def test_components_label_runs_by_8_connectivity():
+    rng = np.random.default_rng(4)
+    for shape in [(1, 1), (1, 9), (9, 1), (20, 30), (64, 64)]:
+        mask = rng.random(shape) < 0.35
+        rows, starts, ends, labels = pp._components(mask)
+        # Runs: exactly the mask, row by row, in row-major order.
+        painted = np.zeros(shape, dtype=bool)
+        for r, s, e in zip(rows, starts, ends):
+            assert s < e and not painted[r, s:e].any()
+            painted[r, s:e] = True
+        assert np.array_equal(painted, mask)
+        assert np.all(np.diff(rows * (shape[1] + 1) + starts) > 0)
+        # Labels: a pixel flood fill (8-connectivity) gives the same partition, and the
+        # labels count up in order of each component's first run.
+        pixel_label = np.full(shape, -1)
+        for r, s, e, lab in zip(rows, starts, ends, labels):
+            pixel_label[r, s:e] = lab
+        seen = np.zeros(shape, dtype=bool)
+        found = []
+        for y, x in zip(*np.nonzero(mask)):
+            if seen[y, x]:
+                continue
+            stack, members = [(y, x)], []
+            seen[y, x] = True
+            while stack:
+                cy, cx = stack.pop()
+                members.append(pixel_label[cy, cx])
+                for ny in range(max(cy - 1, 0), min(cy + 2, shape[0])):
+                    for nx in range(max(cx - 1, 0), min(cx + 2, shape[1])):
+                        if mask[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            stack.append((ny, nx))
+            assert len(set(members)) == 1
+            found.append(members[0])
+        assert sorted(found) == list(range(len(found)))  # one label per component, 0..n-1
+        first_runs = [int(np.flatnonzero(labels == lab)[0]) for lab in range(len(found))]
+        assert first_runs == sorted(first_runs)
+
+
+def test_plane_samples_are_cached_read_only():
+    first = pp._plane_samples(120, 90)
+    assert pp._plane_samples(120, 90) is first
+    for arr in first[2:]:
+        assert not arr.flags.writeable
+    gray = np.random.default_rng(5).random((120, 90)).astype(np.float32)
+    assert_same(pp._paper_plane(gray), pp._paper_plane(gray.copy()))
