@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -39,8 +41,21 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _ready() -> None:
-    """Runs first in each worker process; unpickling it imported this module and the preprocessing."""
+def _ready(parent_pid: int) -> None:
+    """Runs first in each worker process (unpickling it imported this module and the
+    preprocessing) and makes the process exit when its parent is gone.
+
+    A serving process killed without clean-up (SIGKILL, or SIGTERM to the development
+    server) cannot stop its helpers, and they would wait for work forever: each of them
+    holds both ends of the task queue, so they never see it close.
+    """
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(0)
 
 
 class PreprocessPool:
@@ -109,7 +124,7 @@ class PreprocessPool:
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_ready,
+                    initializer=_ready, initargs=(os.getpid(),),
                 )
             return self._executor
 

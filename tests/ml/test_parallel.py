@@ -105,3 +105,40 @@ def test_a_pool_that_cannot_start_falls_back_to_this_process(uploads, monkeypatc
     pool.start()  # cannot start: gives up on processes for good
     assert not pool.enabled
     assert np.array_equal(pool.preprocess_many(uploads[:8]), preprocess_many(uploads[:8]))
+
+
+def test_helper_processes_exit_when_their_parent_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys, time\n"
+        "from app.ml.parallel import PreprocessPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = PreprocessPool(2)\n"
+        "    pool.start()\n"
+        "    print(' '.join(str(pid) for pid in pool._executor._processes), flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        helpers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(helpers) == 2
+    finally:
+        parent.kill()  # no clean-up at all, as with SIGKILL or an OOM kill
+        parent.wait(10)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if alive(pid)]
