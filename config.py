@@ -117,10 +117,9 @@ class Config:
     OPENAPI_VERSION = "3.0.3"
     OPENAPI_URL_PREFIX = "/"
     OPENAPI_JSON_PATH = "openapi.json"
-    OPENAPI_SWAGGER_UI_PATH = "/docs"
-    OPENAPI_SWAGGER_UI_URL = os.environ.get(
-        "OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
-    )
+    # Browsable docs for /openapi.json, from the Swagger UI files bundled in the
+    # flask-swagger-ui package (no CDN: works behind a firewall).
+    API_DOCS_PATH = "/docs"
 
     @classmethod
     def validate(cls, config):

@@ -122,6 +122,7 @@ def register_blueprints(app):
     from app.api import admin, auth, feedback, health, predict_v1, predict_v2
     from app.extensions import api
 
+    register_api_docs(app)
     for blueprint in (
         health.bp,
         auth.bp,
@@ -132,6 +133,19 @@ def register_blueprints(app):
         admin.bp,
     ):
         api.register_blueprint(blueprint)
+
+
+def register_api_docs(app):
+    """Swagger UI at API_DOCS_PATH, reading the OpenAPI document flask-smorest generates."""
+    from flask_swagger_ui import get_swaggerui_blueprint
+
+    from app.extensions import limiter
+
+    docs = get_swaggerui_blueprint(
+        app.config["API_DOCS_PATH"], "/" + app.config["OPENAPI_JSON_PATH"], config={"app_name": app.config["API_TITLE"]}
+    )
+    limiter.exempt(docs)  # a page load fetches several files: they must not eat the caller's limits
+    app.register_blueprint(docs)
 
 
 def register_error_handlers(app):

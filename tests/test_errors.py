@@ -55,5 +55,17 @@ def test_health_and_openapi(client):
                  "/health", "/ready"]:
         assert path in spec["paths"], path
     assert "bearerAuth" in spec["components"]["securitySchemes"]
-    docs = client.get("/docs")
+    docs = client.get("/docs", follow_redirects=True)
     assert docs.status_code == 200 and b"swagger" in docs.data.lower()
+    # The UI's files come from this server, not from a CDN the network may not reach.
+    assert b"https://" not in docs.data
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        response = client.get(f"/docs/{asset}")
+        assert response.status_code == 200 and len(response.data) > 10_000
+    assert client.get("/docs/../config.py").status_code == 404
+
+
+def test_docs_do_not_count_against_rate_limits(make_app):
+    client = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per day").test_client()
+    statuses = [client.get(path).status_code for path in ["/docs/", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"] * 2]
+    assert statuses == [200] * 6
