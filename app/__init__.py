@@ -162,9 +162,8 @@ def register_commands(app):
 
 def register_model_service(app):
     from app import lifecycle
-    from app.serving import ModelService
-
     from app.ml.parallel import PreprocessPool
+    from app.serving import ModelService
 
     ModelService().init_app(app)
     app.extensions["preprocess_pool"] = PreprocessPool(

@@ -63,7 +63,7 @@ class PreprocessPool:
 
     Smaller batches (and every batch when ``processes`` < 2) are preprocessed in the
     calling thread: sending work to another process costs more than a few images take.
-    Results and refusals are exactly those of the serial ``preprocess_indexed``; if a
+    Results and refusals are exactly those of the serial ``preprocess_many``; if a
     worker process dies, the batch is redone serially and a fresh pool started next time.
     """
 
@@ -92,7 +92,7 @@ class PreprocessPool:
             list(self._get_executor().map(_chunks, [1] * self.processes, [1] * self.processes))
         except _POOL_FAILURES:
             log.exception("preprocessing processes did not start; batches are preprocessed in the request thread")
-            self._discard()
+            self.shutdown(wait=False)
             self.processes = 0
 
     def preprocess_many(self, items, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -110,14 +110,15 @@ class PreprocessPool:
             # A process died (or none could start): this batch is done here, the next
             # one gets fresh processes.
             log.exception("batch preprocessing in processes failed; preprocessing this batch here")
-            self._discard()
+            self.shutdown(wait=False)
             return preprocess_many(items, max_pixels=max_pixels)
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop the processes; the next large batch starts fresh ones."""
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=wait, cancel_futures=True)
 
     def _get_executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -127,9 +128,3 @@ class PreprocessPool:
                     initializer=_ready, initargs=(os.getpid(),),
                 )
             return self._executor
-
-    def _discard(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)

@@ -27,7 +27,8 @@ class PredictionResult:
 def store_images(uploads):
     """Keep each original upload once, by content digest, so retraining can re-read it later.
 
-    One statement for the whole batch; images already stored are left as they are.
+    One executemany for the whole batch (SQLAlchemy pages it, so any batch size fits the
+    driver's parameter limits); images already stored are left as they are.
     Returns the digests in the order of ``uploads``.
     """
     digests = [hashlib.sha256(upload.data).hexdigest() for upload in uploads]
@@ -37,7 +38,7 @@ def store_images(uploads):
                                  "size": len(upload.data), "data": upload.data})
     insert_for_dialect = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
     db.session.execute(
-        insert_for_dialect(StoredImage).values(list(rows.values())).on_conflict_do_nothing(index_elements=["sha256"])
+        insert_for_dialect(StoredImage).on_conflict_do_nothing(index_elements=["sha256"]), list(rows.values())
     )
     return digests
 
