@@ -33,6 +33,11 @@ class ModelService:
         self.last_error = None
 
     def init_app(self, app):
+        from app.ml.inference import BACKENDS
+
+        if app.config["INFERENCE_BACKEND"] not in BACKENDS:  # refuse at start-up, not at first load
+            raise RuntimeError(f"INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, "
+                               f"not {app.config['INFERENCE_BACKEND']!r}")
         self.app = app
         app.extensions["model_service"] = self
 
@@ -52,7 +57,9 @@ class ModelService:
             configure_tensorflow(
                 intra=self.app.config["TF_INTRA_OP_THREADS"], inter=self.app.config["TF_INTER_OP_THREADS"]
             )
-            self.registry = ModelRegistry()
+            self.registry = ModelRegistry(
+                backend=self.app.config["INFERENCE_BACKEND"], threads=self.app.config["TF_INTRA_OP_THREADS"]
+            )
         return self.registry
 
     def sync(self):

@@ -3,9 +3,11 @@
     python bench/inference_speed.py [--model models/base.keras] [--calls 200]
 
 Single images: median and p95 of ``--calls`` calls each of the fast path
-(``LoadedModel.predict``: a traced ``tf.function`` around ``model(x, training=False)``),
-``model.predict`` and ``model.predict_on_batch``, interleaved call by call so that all three
-see the same machine load. Batches of 64: images/s of the fast path and ``model.predict``.
+(``LoadedModel.predict``: the model converted to ONNX and run by ONNX Runtime), the
+TensorFlow runner it falls back to (a traced ``tf.function`` around
+``model(x, training=False)``, ``INFERENCE_BACKEND=tensorflow``), ``model.predict`` and
+``model.predict_on_batch``, interleaved call by call so that all see the same machine load.
+Batches of 64: images/s of the fast path, the TensorFlow runner and ``model.predict``.
 Memory: RSS before and after 30 swaps between two copies of the model file. Target: the
 fast path at least 20x faster than ``model.predict`` for one image.
 """
@@ -44,25 +46,30 @@ def main():
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
 
+    from app.ml.inference import TensorFlowRunner
     from app.ml.registry import ModelRegistry
 
     registry = ModelRegistry()
     loaded = registry.load("bench", args.model)
     model = loaded.model
+    tensorflow_runner = TensorFlowRunner(model)
+    print(f"fast path: {loaded.backend}")
     rng = np.random.default_rng(0)
     one = rng.random((1, 28, 28), dtype=np.float32)
     batch = rng.random((64, 28, 28), dtype=np.float32)
     for _ in range(5):  # warm every path
-        loaded.predict(one), model.predict(one, verbose=0), model.predict_on_batch(one)
+        loaded.predict(one), tensorflow_runner(one), model.predict(one, verbose=0), model.predict_on_batch(one)
 
-    single = {"fast path": [], "model.predict": [], "predict_on_batch": []}
+    single = {"fast path": [], "tf.function": [], "model.predict": [], "predict_on_batch": []}
     for _ in range(args.calls):
         single["fast path"].append(timed(lambda: loaded.predict(one)))
+        single["tf.function"].append(timed(lambda: tensorflow_runner(one)))
         single["model.predict"].append(timed(lambda: model.predict(one, verbose=0)))
         single["predict_on_batch"].append(timed(lambda: model.predict_on_batch(one)))
-    batched = {"fast path": [], "model.predict": []}
+    batched = {"fast path": [], "tf.function": [], "model.predict": []}
     for _ in range(max(20, args.calls // 10)):
         batched["fast path"].append(timed(lambda: loaded.predict(batch)))
+        batched["tf.function"].append(timed(lambda: tensorflow_runner(batch)))
         batched["model.predict"].append(timed(lambda: model.predict(batch, verbose=0)))
 
     workdir = Path(tempfile.mkdtemp(prefix="swap-bench-"))

@@ -5,9 +5,9 @@ that `LoadedModel` for the whole call, so a concurrent swap can never mix versio
 Loads are serialized by a lock. Only the live model is referenced, so a replaced one is
 garbage-collected once the last request using it finishes.
 
-Inference uses a `tf.function` around `model(x, training=False)` with a `None` batch
-dimension, traced once at load, instead of `model.predict` (which costs tens of ms of
-per-call overhead and must never run on a model that is being compiled elsewhere).
+Inference never uses `model.predict` (tens of ms of per-call overhead, and it must never
+run on a model that is being compiled elsewhere): each loaded version gets a runner from
+`app.ml.inference`, ONNX Runtime by default, built and checked once at load.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from app.ml.artifacts import sha256_file
+from app.ml.inference import build_runner
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +73,23 @@ def _as_batch(batch) -> np.ndarray:
 class LoadedModel:
     """One servable model version with its fast, thread-safe `predict`."""
 
-    def __init__(self, version: str, path, sha256: str | None, model, *, warm: bool = True):
-        import tensorflow as tf
-
+    def __init__(self, version: str, path, sha256: str | None, model, *, warm: bool = True,
+                 backend: str = "onnxruntime", threads: int = 0):
         self.version = str(version)
         self.path = str(path) if path is not None else None
         self.sha256 = sha256
         self.model = model
-        # The closure holds the model, not `self`: no reference cycle to delay freeing.
-        self._fn = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)],
-        )
-        self._concrete = self._fn.get_concrete_function()  # traced here, once
+        self._run = build_runner(model, backend, threads)
         if warm:
             self.predict(np.zeros((1, 28, 28), np.float32))
 
+    @property
+    def backend(self) -> str:
+        """What runs this model: "onnxruntime", or "tensorflow" (chosen, or the fallback)."""
+        return self._run.backend
+
     @classmethod
-    def from_file(cls, version: str, path, sha256: str | None = None) -> "LoadedModel":
+    def from_file(cls, version: str, path, sha256: str | None = None, **runner_options) -> "LoadedModel":
         """Verify the file's hash (if given), load it and warm the fast path up."""
         import keras
 
@@ -103,14 +103,14 @@ class LoadedModel:
         else:
             actual = sha256_file(path)
         model = keras.models.load_model(path, compile=False)
-        return cls(version, path, actual, model)
+        return cls(version, path, actual, model, **runner_options)
 
     def predict(self, batch) -> np.ndarray:
         """Probabilities (n,10) for float32 images (n,28,28) in [0,1]."""
         x = _as_batch(batch)
         if len(x) == 0:
             return np.zeros((0, 10), np.float32)
-        return self._concrete(x).numpy()
+        return self._run(x)
 
     def __repr__(self) -> str:
         return f"LoadedModel(version={self.version!r}, path={self.path!r})"
@@ -119,9 +119,11 @@ class LoadedModel:
 class ModelRegistry:
     """Holds the live model and swaps it atomically; safe under many threads."""
 
-    def __init__(self):
+    def __init__(self, backend: str = "onnxruntime", threads: int = 0):
         self._load_lock = threading.Lock()
         self._current: LoadedModel | None = None
+        # How every version this registry loads is run (see app.ml.inference).
+        self._runner_options = {"backend": backend, "threads": threads}
 
     @property
     def current(self) -> LoadedModel | None:
@@ -143,7 +145,7 @@ class ModelRegistry:
         """Load, verify and warm a model, then make it live. On any error (missing file,
         hash mismatch, broken model) the previous model stays live and the error raises."""
         with self._load_lock:
-            loaded = LoadedModel.from_file(version, path, sha256)
+            loaded = LoadedModel.from_file(version, path, sha256, **self._runner_options)
             self._current = loaded  # one reference assignment: atomic for readers
             log.info("model %s is live (%s)", version, path)
             return loaded
