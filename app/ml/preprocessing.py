@@ -275,16 +275,42 @@ def _reduce(im: Image.Image) -> Image.Image:
 
 
 def _median(a: np.ndarray):
-    """np.median of a 1-D array, same value and dtype, partitioning `a` in place.
+    """np.median of a finite 1-D float array: same value (up to the sign of a zero) and dtype."""
+    return _mean_of_middle(_order_stats(a, _middle(a.size)))
 
-    np.median's per-call overhead (_ureduce, NaN checks, mean) dominates on these small
-    arrays. Inputs here are always finite, so no NaN handling is needed, but the last
-    position is selected too, as np.median does for its NaN check: without it, numpy's
-    single-kth selection is ~40x slower on arrays full of ties (flat synthetic paper).
+
+def _order_stats(a: np.ndarray, ks) -> list:
+    """The values at sorted positions `ks` of a finite 1-D float array, as a.partition(ks)
+    would place them (of equal zeros, either sign may come out; no caller can tell).
+
+    Comparison-based selection (partition) mispredicts a branch on about every other
+    comparison of noisy data, which made it the pipeline's largest cost. Counting is
+    branch-free: a histogram of each value's sign, exponent and top 3 mantissa bits (in
+    float order) finds the bucket holding each position, and only that bucket, a few
+    percent of the values, is sorted. Rounding to float32 keeps the order (ties aside),
+    so float64 values are bucketed the same way and then sorted exactly. Below ~1500
+    values the histogram's fixed cost (~15 us) exceeds the partition's.
     """
-    middle = _middle(a.size)
-    a.partition((*middle, -1))
-    return _mean_of_middle([a[k] for k in middle])
+    if a.size < 1500:
+        # The last position is selected too, as np.median does for its NaN check: without
+        # it, numpy's single-kth selection is ~40x slower on arrays full of ties.
+        part = a.copy()
+        part.partition((*ks, -1))
+        return [part[k] for k in ks]
+    bits = a.astype(np.float32, copy=False).view(np.int32)
+    top = bits >> 20
+    # Negative floats order backwards as integers: flip all but the sign bit of theirs.
+    top ^= (top >> 11) & 0x7FF
+    top += 2048  # -> 0..4095, for bincount
+    counts = np.bincount(top)
+    ends = np.cumsum(counts)
+    buckets = np.searchsorted(ends, ks, side="right")
+    out, sorted_members = [], {}
+    for k, b in zip(ks, buckets.tolist()):
+        if b not in sorted_members:
+            sorted_members[b] = np.sort(a[top == b])
+        out.append(sorted_members[b][k - int(ends[b] - counts[b])])
+    return out
 
 
 def _middle(n: int) -> tuple[int, ...]:
@@ -324,39 +350,55 @@ def _paper_plane(gray: np.ndarray) -> np.ndarray:
     robust sigmas) discards the strokes that do touch the border.
     """
     h, w = gray.shape
-    step_y, step_x, ring, design = _plane_samples(h, w)
-    z = gray[::step_y, ::step_x][ring].astype(np.float64)
-    coef = np.array([_median(z.copy()), 0.0, 0.0])
+    rows, cols, design, x_all, y_all = _plane_samples(h, w)
+    z = gray[rows, cols].astype(np.float64)
+    middle = _order_stats(z, _middle(z.size))
+    coef = np.array([_mean_of_middle(middle), 0.0, 0.0])
+    # First round, flat plane: design @ coef is exactly coef[0] on every row (1 * a plus
+    # signed zeros), and subtracting a constant keeps the order, so the residuals' median
+    # comes from z's own middle values without a second selection.
+    resid = z - coef[0]
+    med = _mean_of_middle([v - coef[0] for v in middle])
     previous = None
     for _ in range(3):
-        resid = z - design @ coef
-        med = _median(resid.copy())
+        if previous is not None:
+            resid = z - design @ coef
+            med = _median(resid)
         dev = np.abs(resid - med)
-        sigma = max(1.4826 * float(_median(dev.copy())), 1e-3)
+        sigma = max(1.4826 * float(_median(dev)), 1e-3)
         inliers = dev <= 2.5 * sigma
         # The same inliers as last round give the same fit again: nothing left to do.
-        if previous is not None and np.array_equal(inliers, previous):
+        if previous is not None and not (inliers ^ previous).any():
             break
         previous = inliers
         if np.count_nonzero(inliers) < 8:
             break
         sub = design[inliers]
         normal = sub.T @ sub
-        if abs(np.linalg.det(normal)) < 1e-9:
+        if _maybe_singular(normal) and abs(np.linalg.det(normal)) < 1e-9:
             coef = np.array([_median(z[inliers]), 0.0, 0.0])
             break
         coef = np.linalg.solve(normal, sub.T @ z[inliers])
-    gx = (np.arange(w) / max(w - 1, 1) - 0.5) * coef[1]
-    gy = (np.arange(h) / max(h - 1, 1) - 0.5) * coef[2]
-    # Summed in float64 and rounded once to float32, without a full float64 temporary.
-    plane = np.empty((h, w), dtype=np.float32)
-    np.add((coef[0] + gy)[:, None], gx[None, :], out=plane, casting="unsafe")
-    return plane
+    # Summed in float64 and rounded once to float32 (a float64 temporary and astype beat
+    # np.add's casting output loop).
+    return np.add((coef[0] + y_all * coef[2])[:, None], (x_all * coef[1])[None, :]).astype(np.float32)
+
+
+def _maybe_singular(normal: np.ndarray) -> bool:
+    """False when the 3x3 normal matrix's determinant is surely far above 1e-9.
+
+    Cofactor expansion in Python floats costs a fraction of np.linalg.det's call. Its
+    entries are at most the sample count (<= 2304), so either way of computing the
+    determinant errs by well under 1e-3: at >= 1 here, LAPACK's is above 1e-9 too.
+    """
+    a, b, c, d, e, f, g, h, i = normal.ravel().tolist()
+    return abs(a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)) < 1.0
 
 
 @functools.lru_cache(maxsize=32)
-def _plane_samples(h: int, w: int) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """Where `_paper_plane` samples an h x w image, and its design matrix (1, x, y).
+def _plane_samples(h: int, w: int) -> tuple[np.ndarray, ...]:
+    """Where `_paper_plane` samples an h x w image, its design matrix (1, x, y), and the
+    normalised x of every column and y of every row (for the plane itself).
 
     Samples lie on a grid of <= 48 x 48 points, in the outer band of the image, in
     row-major order. They depend on the size only, so they are cached (read-only):
@@ -369,12 +411,16 @@ def _plane_samples(h: int, w: int) -> tuple[int, int, np.ndarray, np.ndarray]:
     xs = np.arange(0, w, step_x)
     ring = ((ys < band) | (ys >= h - band))[:, None] | ((xs < band) | (xs >= w - band))[None, :]
     iy, ix = np.nonzero(ring)
-    yn = ys[iy] / max(h - 1, 1) - 0.5
-    xn = xs[ix] / max(w - 1, 1) - 0.5
-    design = np.stack([np.ones_like(xn), xn, yn], axis=1)
-    ring.flags.writeable = False
-    design.flags.writeable = False
-    return step_y, step_x, ring, design
+    rows, cols = ys[iy], xs[ix]
+    x_all = np.arange(w) / max(w - 1, 1) - 0.5
+    y_all = np.arange(h) / max(h - 1, 1) - 0.5
+    design = np.empty((rows.size, 3))
+    design[:, 0] = 1.0
+    design[:, 1] = x_all[cols]
+    design[:, 2] = y_all[rows]
+    for arr in (rows, cols, design, x_all, y_all):
+        arr.flags.writeable = False
+    return rows, cols, design, x_all, y_all
 
 
 def _half_sigmas(values: np.ndarray) -> tuple[float, float]:
@@ -382,35 +428,52 @@ def _half_sigmas(values: np.ndarray) -> tuple[float, float]:
 
     Ink only ever adds positive values, so the negative half of an ink signal is pure
     paper noise however much of the image the digit covers; its median magnitude is
-    0.674 sigma. Both polarities come from one partition of one sample: the values <= 0
+    0.674 sigma. Both polarities come from one selection over one sample: the values <= 0
     are the lowest `n_neg` of the sorted sample and the values >= 0 the highest `n_pos`
     (zeros count on both sides: a clean synthetic paper has no noise at all).
     """
-    flat = _sample(values).copy()
+    flat = _sample(values)
     n = flat.size
     n_neg = int(np.count_nonzero(flat <= 0))
     n_pos = int(np.count_nonzero(flat >= 0))
     # Middle positions of each side. The magnitudes of the negative side, sorted, are
-    # that side read backwards: their k-th smallest is -flat[n_neg - 1 - k].
-    neg = _middle(n_neg) if n_neg >= 16 else ()
-    pos = tuple(n - n_pos + k for k in _middle(n_pos)) if n_pos >= 16 else ()
-    if neg or pos:
-        flat.partition(sorted({*(n_neg - 1 - k for k in neg), *pos, n - 1}))  # n - 1: see _median
+    # that side read backwards: their k-th smallest is -sorted[n_neg - 1 - k].
+    neg = [n_neg - 1 - k for k in _middle(n_neg)] if n_neg >= 16 else []
+    pos = [n - n_pos + k for k in _middle(n_pos)] if n_pos >= 16 else []
+    if not (neg or pos):
+        return 0.0, 0.0
+    values = _order_stats_with_zeros(flat, neg + pos, n_neg, n_pos)
     sigma_neg = sigma_pos = 0.0
     if neg:
-        sigma_neg = float(_mean_of_middle([-flat[n_neg - 1 - k] for k in neg]) / 0.6745)
+        sigma_neg = float(_mean_of_middle([-v for v in values[: len(neg)]]) / 0.6745)
     if pos:
-        sigma_pos = float(_mean_of_middle([flat[k] for k in pos]) / 0.6745)
+        sigma_pos = float(_mean_of_middle(values[len(neg) :]) / 0.6745)
     return sigma_neg, sigma_pos
 
 
 def _half_sigma(values: np.ndarray) -> float:
     """Noise sigma from the values below zero only (the paper side of an ink signal)."""
+    # As _half_sigmas, without extracting the negative side (a costly boolean gather).
     flat = _sample(values)
-    neg = -flat[flat <= 0]
-    if neg.size < 16:
+    n_neg = int(np.count_nonzero(flat <= 0))
+    if n_neg < 16:
         return 0.0
-    return float(_median(neg) / 0.6745)
+    n_pos = int(np.count_nonzero(flat >= 0))
+    values = _order_stats_with_zeros(flat, [n_neg - 1 - k for k in _middle(n_neg)], n_neg, n_pos)
+    return float(_mean_of_middle([-v for v in values]) / 0.6745)
+
+
+def _order_stats_with_zeros(flat: np.ndarray, ks: list, n_neg: int, n_pos: int) -> list:
+    """_order_stats of `flat`, which has n_neg values <= 0 and n_pos >= 0.
+
+    Its zeros fill sorted positions n - n_pos .. n_neg - 1; positions there need no
+    selection. That is the common case for a signal with exact zeros (alpha ink,
+    synthetic paper), where it would otherwise sort one huge bucket of zeros.
+    """
+    zero = flat.dtype.type(0)
+    others = [k for k in ks if not flat.size - n_pos <= k < n_neg]
+    found = dict(zip(others, _order_stats(flat, others))) if others else {}
+    return [found.get(k, zero) for k in ks]
 
 
 def _sample(values: np.ndarray) -> np.ndarray:
@@ -448,7 +511,7 @@ def _ink_signal(luma: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray,
         colour = luma[opaque] / alpha[opaque]  # un-premultiplied luma of opaque pixels
         if colour.size == 0:
             return alpha.astype(np.float32), None, 0.0
-        typical = float(_median(colour.copy()))
+        typical = float(_median(colour))
         # Ink drawn with one brush has one colour; opaque paper holding a digit has a
         # minority of pixels (the ink) far from its typical colour.
         if float(np.mean(np.abs(colour - typical) > 0.25)) < _ALPHA_INK_OUTLIERS:
