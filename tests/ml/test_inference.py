@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.ml.inference import AGREEMENT_TOLERANCE, OnnxRuntimeRunner, TensorFlowRunner, build_runner, probe_batch
+from app.ml.inference import AGREEMENT_TOLERANCE, BATCHED_FROM, OnnxRuntimeRunner, TensorFlowRunner, build_runner, probe_batch
 from app.ml.network import build_model
 from app.ml.registry import LoadedModel
 
@@ -41,6 +41,17 @@ def test_onnxruntime_is_the_default_and_matches_keras(shipped):
         assert got.shape == expected.shape and got.dtype == np.float32
         assert np.max(np.abs(got - expected)) <= AGREEMENT_TOLERANCE
         assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_small_and_large_batches_agree_across_their_sessions(shipped):
+    """Fewer than BATCHED_FROM images run on the calling thread, more on a thread pool."""
+    runner = OnnxRuntimeRunner(shipped, threads=2)
+    assert runner._single is not runner._batched
+    x = digits_like(3 * BATCHED_FROM, seed=5)
+    whole = runner(x)
+    pieces = np.concatenate([runner(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(pieces, whole, atol=1e-6)
+    assert OnnxRuntimeRunner(shipped, threads=1)._batched is not None
 
 
 def test_tensorflow_backend_when_asked(shipped):
