@@ -103,6 +103,8 @@ def register_extensions(app):
     mail.init_app(app)
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)
+    # The OpenAPI document is what /docs and client generators read: not the caller's quota.
+    limiter.exempt(app.blueprints["api-docs"])
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )

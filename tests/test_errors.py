@@ -67,5 +67,8 @@ def test_health_and_openapi(client):
 
 def test_docs_do_not_count_against_rate_limits(make_app):
     client = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per day").test_client()
-    statuses = [client.get(path).status_code for path in ["/docs/", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"] * 2]
-    assert statuses == [200] * 6
+    paths = ["/docs/", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js", "/openapi.json"] * 3
+    statuses = [client.get(path).status_code for path in paths]
+    assert statuses == [200] * 12
+    # ...while the limits still hold elsewhere
+    assert [client.get("/auth/me").status_code for _ in range(3)][-1] == 429
