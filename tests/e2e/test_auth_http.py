@@ -38,3 +38,11 @@ def test_production_server_refuses_to_start_without_secrets(live_server):
     server = live_server(env={"SECRET_KEY": "", "JWT_SECRET_KEY": ""}, migrate=False, start=False)
     with pytest.raises(AssertionError, match="SECRET_KEY"):
         server.start(timeout=30)
+
+
+def test_docs_and_the_openapi_document_do_not_count_against_limits(live_server):
+    server = live_server(env={"RATELIMIT_ENABLED": "true", "RATELIMIT_DEFAULT": "3 per day"})
+    paths = ["/openapi.json", "/docs/", "/docs/swagger-ui-bundle.js"] * 4
+    assert [requests.get(server.url + path, timeout=10).status_code for path in paths] == [200] * 12
+    limited = [requests.get(server.url + "/auth/me", timeout=10).status_code for _ in range(4)]
+    assert limited == [401, 401, 401, 429]  # the default limits do hold elsewhere
