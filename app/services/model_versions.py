@@ -172,9 +172,11 @@ def activate_version(version, *, commit=True):
         raise Conflict(f"model file for {version!r} does not match its recorded sha256", code="model_file_corrupt")
     # Activations take turns: under PostgreSQL's READ COMMITTED, two of them at once would
     # each retire only the active row they saw and leave two active. Locking the (few)
-    # version rows first makes the second wait and then see the first one's result.
+    # version rows first makes the second wait and then see the first one's result. They
+    # are locked in id order: in table order, updated rows move, so two waiting activations
+    # could take the locks in different orders and deadlock (seen in CI).
     # (SQLite has a single writer already; SQLAlchemy leaves FOR UPDATE out there.)
-    db.session.execute(db.select(ModelVersion.id).with_for_update()).all()
+    db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
     db.session.execute(
         db.update(ModelVersion).where(ModelVersion.status == "active").values(status="retired")
     )
