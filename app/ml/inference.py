@@ -100,7 +100,11 @@ def build_runner(model, backend: str = "onnxruntime", threads: int = 0):
         try:
             runner = OnnxRuntimeRunner(model, threads)
             probe = probe_batch()
-            difference = float(np.max(np.abs(runner(probe) - model(probe, training=False).numpy())))
+            expected = model(probe, training=False).numpy()
+            # Both sessions must agree: the probe whole (batched) and in pieces (single).
+            small = BATCHED_FROM - 1
+            pieces = np.concatenate([runner(probe[i:i + small]) for i in range(0, len(probe), small)])
+            difference = float(max(np.max(np.abs(runner(probe) - expected)), np.max(np.abs(pieces - expected))))
             if difference <= AGREEMENT_TOLERANCE:
                 return runner
             log.error("ONNX conversion disagrees with Keras by %.2g; serving with TensorFlow", difference)
