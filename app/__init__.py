@@ -103,8 +103,6 @@ def register_extensions(app):
     mail.init_app(app)
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)
-    # The OpenAPI document is what /docs and client generators read: not the caller's quota.
-    limiter.exempt(app.blueprints["api-docs"])
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
@@ -140,7 +138,11 @@ def register_blueprints(app):
 
 
 def register_api_docs(app):
-    """Swagger UI at API_DOCS_PATH, reading the OpenAPI document flask-smorest generates."""
+    """Swagger UI at API_DOCS_PATH, reading the OpenAPI document flask-smorest generates.
+
+    Neither counts against the caller's rate limits: a docs page load fetches several
+    files and the document itself, and client generators read the document too.
+    """
     from flask_swagger_ui import get_swaggerui_blueprint
 
     from app.extensions import limiter
@@ -148,7 +150,8 @@ def register_api_docs(app):
     docs = get_swaggerui_blueprint(
         app.config["API_DOCS_PATH"], "/" + app.config["OPENAPI_JSON_PATH"], config={"app_name": app.config["API_TITLE"]}
     )
-    limiter.exempt(docs)  # a page load fetches several files: they must not eat the caller's limits
+    limiter.exempt(docs)
+    limiter.exempt(app.blueprints["api-docs"])  # flask-smorest's /openapi.json, registered by api.init_app
     app.register_blueprint(docs)
 
 
