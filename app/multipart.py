@@ -15,14 +15,15 @@ File parts stay in memory: ``MAX_CONTENT_LENGTH`` (5 MB by default) bounds the w
 from io import BytesIO
 
 import flask
-from python_multipart import MultipartParser
+from python_multipart import MultipartParser as StreamingParser
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
-from werkzeug.formparser import FormDataParser
+from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 
 _READ_SIZE = 64 * 1024
-_TEXT_CHARSETS = {"ascii", "us-ascii", "utf-8", "iso-8859-1"}  # what Werkzeug accepts for text fields
+# Werkzeug's own rule for a text field's charset (a safe list, else UTF-8); it reads no parser state.
+_text_charset = MultiPartParser().get_part_charset
 
 
 class _Part:
@@ -76,8 +77,7 @@ def parse_multipart(stream, boundary: bytes, *, max_form_memory_size=None, max_f
         part = state["part"]
         body = b"".join(part.chunks)
         if part.filename is None:
-            charset = parse_options_header(part.headers.get("content-type", ""))[1].get("charset", "").lower()
-            fields.append((part.name, body.decode(charset if charset in _TEXT_CHARSETS else "utf-8", "replace")))
+            fields.append((part.name, body.decode(_text_charset(part.headers), "replace")))
         else:
             files.append((part.name, FileStorage(BytesIO(body), part.filename, part.name, headers=part.headers)))
         state["part"] = None
@@ -85,7 +85,7 @@ def parse_multipart(stream, boundary: bytes, *, max_form_memory_size=None, max_f
     def on_end():
         state["ended"] = True
 
-    parser = MultipartParser(boundary, {
+    parser = StreamingParser(boundary, {
         "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
         "on_end": on_end,
