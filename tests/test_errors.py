@@ -76,3 +76,11 @@ def test_docs_do_not_count_against_rate_limits(make_app):
     logins = [client.post("/auth/login", json={"username": "nobody", "password": "x" * 12}).status_code
               for _ in range(3)]
     assert logins == [401, 401, 429]
+
+
+def test_upload_endpoints_document_their_refusals(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    for path in ("/api/v1/predict", "/api/v2/predict", "/api/v2/predict/batch", "/api/v2/feedback"):
+        responses = paths[path]["post"]["responses"]
+        for status in ("400", "413", "415", "422"):
+            assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (path, status)

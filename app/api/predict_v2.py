@@ -4,7 +4,13 @@ from flask import current_app
 from flask_jwt_extended import get_jwt_identity, jwt_required
 from flask_smorest import Blueprint
 
-from app.api.uploads import MANY_UPLOADS_BODY, SINGLE_UPLOAD_OR_BASE64_BODY, read_many_uploads, read_single_upload
+from app.api.uploads import (
+    MANY_UPLOADS_BODY,
+    SINGLE_UPLOAD_OR_BASE64_BODY,
+    documents_upload_errors,
+    read_many_uploads,
+    read_single_upload,
+)
 from app.extensions import limiter
 from app.schemas import BatchPredictionSchema, PredictionV2Schema
 from app.services.predictions import predict_uploads
@@ -31,6 +37,7 @@ def v2_body(row):
 @jwt_required()
 @limiter.limit(_v2_limit)
 @bp.response(200, PredictionV2Schema)
+@documents_upload_errors(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_OR_BASE64_BODY)
 def predict():
     """Predict one image: multipart ``file`` or JSON ``{"image": "<base64>"}``."""
@@ -44,6 +51,7 @@ def predict():
 @jwt_required()
 @limiter.limit(_v2_limit)
 @bp.response(200, BatchPredictionSchema)
+@documents_upload_errors(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=MANY_UPLOADS_BODY)
 def predict_batch():
     """Predict up to ``BATCH_MAX_FILES`` (64) images in one inference; results keep the order sent."""

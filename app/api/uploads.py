@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import request
 
 from app.errors import ApiError, ValidationFailed
+from app.schemas import ErrorSchema
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,26 @@ MANY_UPLOADS_BODY = {
         }
     },
 }
+
+
+# The refusals every upload endpoint can answer with, for the OpenAPI document.
+UPLOAD_ERRORS = {
+    400: "empty upload, malformed multipart body or invalid base64",
+    413: "body over MAX_CONTENT_LENGTH, image over MAX_IMAGE_PIXELS, or too many multipart parts",
+    415: "not an image, or neither multipart/form-data nor JSON",
+    422: "no digit found in the image, or a required field missing",
+}
+
+
+def documents_upload_errors(blueprint):
+    """Decorator: list UPLOAD_ERRORS (with the error body) among the view's documented responses."""
+
+    def decorate(view):
+        for status, description in UPLOAD_ERRORS.items():
+            view = blueprint.alt_response(status, schema=ErrorSchema, description=description)(view)
+        return view
+
+    return decorate
 
 
 def _unsupported():
