@@ -9,6 +9,8 @@ from urllib3.fields import RequestField
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import MultiPartParser
 
+from app.entities import Prediction, StoredImage
+from app.extensions import db
 from app.multipart import parse_multipart
 
 
@@ -99,7 +101,7 @@ def test_malformed_bodies_are_errors(mangle):
         parse_multipart(io.BytesIO(mangle(body, b)), b)
 
 
-def test_malformed_body_is_a_clear_400_and_stores_nothing(client, auth):
+def test_malformed_body_is_a_clear_400_and_stores_nothing(app, client, auth):
     body, b = encode({"file": ("a.png", b"data")})
     response = client.post("/api/v2/predict", headers=auth.headers(), data=body[:-20],
                            content_type=f"multipart/form-data; boundary={b.decode()}")
@@ -108,6 +110,9 @@ def test_malformed_body_is_a_clear_400_and_stores_nothing(client, auth):
     assert error["code"] == "bad_request" and error["message"].startswith("malformed multipart body")
     response = client.post("/api/v2/predict", headers=auth.headers(), data=body, content_type="multipart/form-data")
     assert response.status_code == 400 and "no boundary" in response.get_json()["error"]["message"]
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(Prediction)) == 0
+        assert db.session.scalar(db.select(db.func.count()).select_from(StoredImage)) == 0
 
 
 def test_too_many_parts_is_413(app, client, auth):
