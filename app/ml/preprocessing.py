@@ -42,6 +42,8 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from app.ml import kernels
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ALLOWED_FORMATS",
@@ -248,13 +250,10 @@ def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
             pm = im if mode == "La" else im.convert("La")
             pm = _reduce(pm)
             arr = np.asarray(pm, dtype=np.float32) / 255.0
-            return arr[..., 0], arr[..., 1]
+            return arr[..., 0].copy(), arr[..., 1].copy()  # contiguous, as the kernels expect
         rgba = im if mode in ("RGBA", "RGBa") else im.convert("RGBA")
         pm = rgba.convert("RGBa") if rgba.mode == "RGBA" else rgba
-        pm = _reduce(pm)
-        arr = np.asarray(pm, dtype=np.float32) / 255.0
-        luma = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
-        return luma, arr[..., 3]
+        return kernels.premultiplied_luma(np.asarray(_reduce(pm)))
 
     if mode != "L":
         try:
@@ -272,132 +271,12 @@ def _reduce(im: Image.Image) -> Image.Image:
 
 
 # ------------------------------------------------------------------------ ink signal
-
-
-def _median(a: np.ndarray):
-    """np.median of a finite 1-D float array: same value (up to the sign of a zero) and dtype."""
-    return _mean_of_middle(_order_stats(a, _middle(a.size)))
-
-
-def _order_stats(a: np.ndarray, ks) -> list:
-    """The values at sorted positions `ks` of a finite 1-D float array, as a.partition(ks)
-    would place them (of equal zeros, either sign may come out; no caller can tell).
-
-    Comparison-based selection (partition) mispredicts a branch on about every other
-    comparison of noisy data, which made it the pipeline's largest cost. Counting is
-    branch-free: a histogram of each value's sign, exponent and top 3 mantissa bits (in
-    float order) finds the bucket holding each position, and only that bucket, a few
-    percent of the values, is sorted. Rounding to float32 keeps the order (ties aside),
-    so float64 values are bucketed the same way and then sorted exactly. Below ~1500
-    values the histogram's fixed cost (~15 us) exceeds the partition's.
-    """
-    if a.size < 1500:
-        # The last position is selected too, as np.median does for its NaN check: without
-        # it, numpy's single-kth selection is ~40x slower on arrays full of ties.
-        part = a.copy()
-        part.partition((*ks, -1))
-        return [part[k] for k in ks]
-    bits = a.astype(np.float32, copy=False).view(np.int32)
-    top = bits >> 20
-    # Negative floats order backwards as integers: flip all but the sign bit of theirs.
-    top ^= (top >> 11) & 0x7FF
-    top += 2048  # -> 0..4095, for bincount
-    counts = np.bincount(top)
-    ends = np.cumsum(counts)
-    buckets = np.searchsorted(ends, ks, side="right")
-    out, sorted_members = [], {}
-    for k, b in zip(ks, buckets.tolist()):
-        if b not in sorted_members:
-            sorted_members[b] = np.sort(a[top == b])
-        out.append(sorted_members[b][k - int(ends[b] - counts[b])])
-    return out
-
-
-def _middle(n: int) -> tuple[int, ...]:
-    """Sorted positions np.median averages for n values: the middle one or two."""
-    return (n // 2,) if n % 2 else (n // 2 - 1, n // 2)
-
-
-def _mean_of_middle(values: list):
-    """np.median's last step: the middle value, or the mean of the two (same dtype)."""
-    return values[0] if len(values) == 1 else (values[0] + values[1]) / 2
-
-
-def _blur(a: np.ndarray) -> np.ndarray:
-    """Separable [1, 2, 1] / 4 blur with edge replication: kills pixel noise, not strokes."""
-    # Same sums in the same order as blurring an edge-padded copy, without np.pad (whose
-    # per-call overhead exceeds the arithmetic on these small images) or its copy.
-    v = a * 2.0
-    v[1:] += a[:-1]
-    v[0] += a[0]
-    v[:-1] += a[1:]
-    v[-1] += a[-1]
-    out = v * 2.0
-    out[:, 1:] += v[:, :-1]
-    out[:, 0] += v[:, 0]
-    out[:, :-1] += v[:, 1:]
-    out[:, -1] += v[:, -1]
-    out *= 1.0 / 16.0
-    return out
-
-
-def _paper_plane(gray: np.ndarray) -> np.ndarray:
-    """Fit the paper level as a plane a + b*x + c*y, from the image border, robustly.
-
-    A plane handles tinted paper and the linear lighting gradient of a phone photo. The
-    samples come from the outer band of the image, which is paper even when the digit
-    fills most of a tightly cropped upload, and iterative trimming (residuals within 2.5
-    robust sigmas) discards the strokes that do touch the border.
-    """
-    h, w = gray.shape
-    rows, cols, design, x_all, y_all = _plane_samples(h, w)
-    z = gray[rows, cols].astype(np.float64)
-    middle = _order_stats(z, _middle(z.size))
-    coef = np.array([_mean_of_middle(middle), 0.0, 0.0])
-    # First round, flat plane: design @ coef is exactly coef[0] on every row (1 * a plus
-    # signed zeros), and subtracting a constant keeps the order, so the residuals' median
-    # comes from z's own middle values without a second selection.
-    resid = z - coef[0]
-    med = _mean_of_middle([v - coef[0] for v in middle])
-    previous = None
-    for _ in range(3):
-        if previous is not None:
-            resid = z - design @ coef
-            med = _median(resid)
-        dev = np.abs(resid - med)
-        sigma = max(1.4826 * float(_median(dev)), 1e-3)
-        inliers = dev <= 2.5 * sigma
-        # The same inliers as last round give the same fit again: nothing left to do.
-        if previous is not None and not (inliers ^ previous).any():
-            break
-        previous = inliers
-        if np.count_nonzero(inliers) < 8:
-            break
-        sub = design[inliers]
-        normal = sub.T @ sub
-        if _maybe_singular(normal) and abs(np.linalg.det(normal)) < 1e-9:
-            coef = np.array([_median(z[inliers]), 0.0, 0.0])
-            break
-        coef = np.linalg.solve(normal, sub.T @ z[inliers])
-    # Summed in float64 and rounded once to float32 (a float64 temporary and astype beat
-    # np.add's casting output loop).
-    return np.add((coef[0] + y_all * coef[2])[:, None], (x_all * coef[1])[None, :]).astype(np.float32)
-
-
-def _maybe_singular(normal: np.ndarray) -> bool:
-    """False when the 3x3 normal matrix's determinant is surely far above 1e-9.
-
-    Cofactor expansion in Python floats costs a fraction of np.linalg.det's call. Its
-    entries are at most the sample count (<= 2304), so either way of computing the
-    determinant errs by well under 1e-3: at >= 1 here, LAPACK's is above 1e-9 too.
-    """
-    a, b, c, d, e, f, g, h, i = normal.ravel().tolist()
-    return abs(a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)) < 1.0
+# The per-pixel work is in app.ml.kernels (compiled); this module decides what to run.
 
 
 @functools.lru_cache(maxsize=32)
 def _plane_samples(h: int, w: int) -> tuple[np.ndarray, ...]:
-    """Where `_paper_plane` samples an h x w image, its design matrix (1, x, y), and the
+    """Where `kernels.paper_residual` samples an h x w image, its design matrix (1, x, y), and the
     normalised x of every column and y of every row (for the plane itself).
 
     Samples lie on a grid of <= 48 x 48 points, in the outer band of the image, in
@@ -423,65 +302,6 @@ def _plane_samples(h: int, w: int) -> tuple[np.ndarray, ...]:
     return rows, cols, design, x_all, y_all
 
 
-def _half_sigmas(values: np.ndarray) -> tuple[float, float]:
-    """Noise sigmas of `values` and of `-values`, each from its side below zero only.
-
-    Ink only ever adds positive values, so the negative half of an ink signal is pure
-    paper noise however much of the image the digit covers; its median magnitude is
-    0.674 sigma. Both polarities come from one selection over one sample: the values <= 0
-    are the lowest `n_neg` of the sorted sample and the values >= 0 the highest `n_pos`
-    (zeros count on both sides: a clean synthetic paper has no noise at all).
-    """
-    flat = _sample(values)
-    n = flat.size
-    n_neg = int(np.count_nonzero(flat <= 0))
-    n_pos = int(np.count_nonzero(flat >= 0))
-    # Middle positions of each side. The magnitudes of the negative side, sorted, are
-    # that side read backwards: their k-th smallest is -sorted[n_neg - 1 - k].
-    neg = [n_neg - 1 - k for k in _middle(n_neg)] if n_neg >= 16 else []
-    pos = [n - n_pos + k for k in _middle(n_pos)] if n_pos >= 16 else []
-    if not (neg or pos):
-        return 0.0, 0.0
-    values = _order_stats_with_zeros(flat, neg + pos, n_neg, n_pos)
-    sigma_neg = sigma_pos = 0.0
-    if neg:
-        sigma_neg = float(_mean_of_middle([-v for v in values[: len(neg)]]) / 0.6745)
-    if pos:
-        sigma_pos = float(_mean_of_middle(values[len(neg) :]) / 0.6745)
-    return sigma_neg, sigma_pos
-
-
-def _half_sigma(values: np.ndarray) -> float:
-    """Noise sigma from the values below zero only (the paper side of an ink signal)."""
-    # As _half_sigmas, without extracting the negative side (a costly boolean gather).
-    flat = _sample(values)
-    n_neg = int(np.count_nonzero(flat <= 0))
-    if n_neg < 16:
-        return 0.0
-    n_pos = int(np.count_nonzero(flat >= 0))
-    values = _order_stats_with_zeros(flat, [n_neg - 1 - k for k in _middle(n_neg)], n_neg, n_pos)
-    return float(_mean_of_middle([-v for v in values]) / 0.6745)
-
-
-def _order_stats_with_zeros(flat: np.ndarray, ks: list, n_neg: int, n_pos: int) -> list:
-    """_order_stats of `flat`, which has n_neg values <= 0 and n_pos >= 0.
-
-    Its zeros fill sorted positions n - n_pos .. n_neg - 1; positions there need no
-    selection. That is the common case for a signal with exact zeros (alpha ink,
-    synthetic paper), where it would otherwise sort one huge bucket of zeros.
-    """
-    zero = flat.dtype.type(0)
-    others = [k for k in ks if not flat.size - n_pos <= k < n_neg]
-    found = dict(zip(others, _order_stats(flat, others))) if others else {}
-    return [found.get(k, zero) for k in ks]
-
-
-def _sample(values: np.ndarray) -> np.ndarray:
-    """The flattened values, thinned to ~16k: a sample is plenty for a median."""
-    flat = values.ravel()
-    return flat[:: max(1, flat.size // 16384)]
-
-
 def _clip01(a: np.ndarray) -> np.ndarray:
     """np.clip(a, 0, 1) in place (same values; np.clip adds overhead and a copy)."""
     np.maximum(a, 0.0, out=a)
@@ -498,7 +318,7 @@ def _ink_signal(luma: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray,
 
     Returns (signal, blurred signal, noise sigma of the blurred signal); the last two are
     (None, 0.0) when the signal is the alpha channel. They come for free from the polarity
-    decision (the blur is linear and exactly odd), so `_digit_from_signal` reuses them.
+    decision, so `_digit_from_signal` reuses them.
 
     With meaningful alpha and uniformly coloured opaque pixels, the image is a canvas
     export or a cut-out: ink is exactly the alpha (the colour channels may all be black,
@@ -507,163 +327,17 @@ def _ink_signal(luma: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray,
     paper colour of the opaque ones, and the usual paper/ink analysis follows.
     """
     if _alpha_is_meaningful(alpha):
-        opaque = alpha > 0.5
-        colour = luma[opaque] / alpha[opaque]  # un-premultiplied luma of opaque pixels
-        if colour.size == 0:
-            return alpha.astype(np.float32), None, 0.0
-        typical = float(_median(colour))
-        # Ink drawn with one brush has one colour; opaque paper holding a digit has a
-        # minority of pixels (the ink) far from its typical colour.
-        if float(np.mean(np.abs(colour - typical) > 0.25)) < _ALPHA_INK_OUTLIERS:
-            return alpha.astype(np.float32), None, 0.0
+        opaque, typical, outliers = kernels.alpha_colour(luma, alpha)
+        if opaque == 0 or outliers < _ALPHA_INK_OUTLIERS:
+            return alpha, None, 0.0
         luma = luma + (1.0 - alpha) * typical  # composite onto the paper colour
 
-    residual = luma - _paper_plane(luma)
-    blurred = _blur(residual)
-    # Whichever side holds no ink gives the clean noise estimate.
-    sigma_light, sigma_dark = _half_sigmas(blurred)  # of blurred and of -blurred
-    significant = max(4.0 * min(sigma_light, sigma_dark), 0.05)
-    negated = -blurred
-    excess = negated - significant
-    dark = np.maximum(excess, 0.0, out=excess).sum()
-    excess = blurred - significant
-    light = np.maximum(excess, 0.0, out=excess).sum()
-    if residual.dtype != np.float32:  # luma is always float32; without it, no reuse
-        return (-residual if dark >= light else residual).astype(np.float32), None, 0.0
-    if dark >= light:
-        # blur(-residual) == -blur(residual) exactly (up to the sign of exact zeros,
-        # which no later comparison or median can tell apart).
-        return -residual, negated, sigma_dark
-    return residual, blurred, sigma_light
+    residual = kernels.paper_residual(luma, *_plane_samples(*luma.shape))
+    return kernels.ink_polarity(residual, kernels.blur(residual))
 
-
-# --------------------------------------------------------------------- components
-
-
-def _components(mask: np.ndarray):
-    """Run-length connected components (8-connectivity) of a boolean mask, numpy only.
-
-    Returns per-run arrays (row, start, end, label) with labels 0..n-1; runs rather
-    than pixels keep it fast: a digit is a few runs per row.
-    """
-    h, w = mask.shape
-    # Run edges per row (as np.diff of the zero-framed rows would find them, without its
-    # concatenations): in row-major order they alternate start, end (exclusive).
-    framed = np.zeros((h, w + 2), dtype=bool)
-    framed[:, 1:-1] = mask
-    edges = np.flatnonzero(framed[:, 1:] != framed[:, :-1])
-    rows, starts = np.divmod(edges[0::2], w + 1)
-    ends = edges[1::2] - rows * (w + 1)
-    n = rows.size
-    if n == 0:
-        return rows, starts, ends, np.zeros(0, dtype=np.int64)
-    stride = w + 2
-    key_start = rows * stride + starts
-    key_end = rows * stride + ends
-    # Runs of the next row that touch run i (8-connected): start_j <= end_i and
-    # end_j >= start_i; they form a contiguous range in the sorted run list.
-    lo = np.searchsorted(key_end, (rows + 1) * stride + starts, side="left")
-    hi = np.searchsorted(key_start, (rows + 1) * stride + ends, side="right")
-    counts = np.maximum(hi - lo, 0)
-    src = np.repeat(np.arange(n), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    dst = np.repeat(lo, counts) + offsets
-
-    parent = np.arange(n)
-    while True:
-        while True:  # pointer jumping to roots
-            grand = parent[parent]
-            if (grand == parent).all():
-                break
-            parent = grand
-        ra, rb = parent[src], parent[dst]
-        differ = ra != rb
-        if not differ.any():
-            break
-        # Hook the larger root under the smaller one: no cycles, converges quickly.
-        ra, rb = ra[differ], rb[differ]
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
-    # Number the roots in increasing order, as np.unique(parent, return_inverse=True)
-    # would, without its sort: every entry of `parent` is now a root.
-    is_root = parent == np.arange(n)
-    labels = (np.cumsum(is_root) - 1)[parent]
-    return rows, starts, ends, labels
-
-
-def _select_digit(ink: np.ndarray, mask: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
-    """Bounding box (y0, y1, x0, x1) of the digit and a mask of dropped specks (or None).
-
-    Components with a meaningful share of the ink mass are the digit; light ones are
-    kept only when they lie inside the digit's box (broken strokes), so a speck far
-    away cannot stretch the box.
-    """
-    rows, starts, ends, labels = _components(mask)
-    if labels.size == 0:
-        raise NoDigitFound()
-    if not labels.any():
-        # One component (the common case): it is the digit, nothing is dropped, and its
-        # mass (only ever compared with other components') is not needed.
-        return (int(rows.min()), int(rows.max()) + 1, int(starts.min()), int(ends.max())), None
-    csum = np.zeros((ink.shape[0], ink.shape[1] + 1), dtype=np.float64)
-    np.cumsum(ink * mask, axis=1, dtype=np.float64, out=csum[:, 1:])
-    run_mass = csum[rows, ends] - csum[rows, starts]
-    count = int(labels.max()) + 1
-    mass = np.bincount(labels, weights=run_mass, minlength=count)
-    y0 = np.full(count, mask.shape[0])
-    y1 = np.zeros(count, dtype=np.int64)
-    x0 = np.full(count, mask.shape[1])
-    x1 = np.zeros(count, dtype=np.int64)
-    np.minimum.at(y0, labels, rows)
-    np.maximum.at(y1, labels, rows + 1)
-    np.minimum.at(x0, labels, starts)
-    np.maximum.at(x1, labels, ends)
-
-    keep = mass >= _KEEP_MASS_FRACTION * mass.max()
-    by0, by1 = y0[keep].min(), y1[keep].max()
-    bx0, bx1 = x0[keep].min(), x1[keep].max()
-    inside = (y0 >= by0) & (y1 <= by1) & (x0 >= bx0) & (x1 <= bx1)
-    keep |= inside
-
-    dropped = None
-    if not keep.all():
-        gone = ~keep[labels]
-        paint = np.zeros((mask.shape[0], mask.shape[1] + 1), dtype=np.int32)
-        np.add.at(paint, (rows[gone], starts[gone]), 1)
-        np.add.at(paint, (rows[gone], ends[gone]), -1)
-        dropped = np.cumsum(paint, axis=1)[:, :-1] > 0
-        dropped = _dilate(dropped)
-    return (int(by0), int(by1), int(bx0), int(bx1)), dropped
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary dilation (covers the anti-aliased fringe of a dropped speck)."""
-    # Shifted ORs into slices: the same result as OR-ing views of a zero-padded copy.
-    v = mask.copy()
-    v[1:] |= mask[:-1]
-    v[:-1] |= mask[1:]
-    out = v.copy()
-    out[:, 1:] |= v[:, :-1]
-    out[:, :-1] |= v[:, 1:]
-    return out
 
 
 # ------------------------------------------------------------------- stroke width
-
-
-def _stroke_width(frame: np.ndarray) -> float:
-    """Mean stroke width of a 28x28 digit: 2 x ink area / perimeter of the >0.5 mask."""
-    # Mask edges inside, plus mask pixels on the frame's border (edges against the zero
-    # surround): the same count as |diff| of the zero-padded mask, in fewer numpy calls.
-    mask = frame > 0.5
-    perimeter = (
-        np.count_nonzero(mask[1:] != mask[:-1])
-        + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
-        + np.count_nonzero(mask[0])
-        + np.count_nonzero(mask[-1])
-        + np.count_nonzero(mask[:, 0])
-        + np.count_nonzero(mask[:, -1])
-    )
-    return 2.0 * float(frame.sum()) / max(int(perimeter), 1)
 
 
 def _thicken(ink: np.ndarray, radius: int) -> np.ndarray:
@@ -749,36 +423,21 @@ def _to_mnist_frame(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarr
 def _digit_from_signal(signal: np.ndarray, blurred: np.ndarray | None = None, sigma: float = 0.0) -> np.ndarray:
     """Ink signal (any size, ink > 0) -> MNIST-like 28x28, or NoDigitFound.
 
-    `blurred` and `sigma` (_blur(signal) and _half_sigma of that) are computed here
+    `blurred` and `sigma` (the blurred signal and its noise sigma) are computed here
     unless the caller already has them.
     """
     if blurred is None:
-        blurred = _blur(signal)
-        sigma = _half_sigma(blurred)
-    peak = float(blurred.max())
-    if peak < _MIN_CONTRAST or peak < _NOISE_SIGMAS * sigma:
+        blurred = kernels.blur(signal)
+        sigma = kernels.half_sigma(blurred)
+    status, ink, box = kernels.isolate_digit(
+        signal, blurred, sigma, _MIN_CONTRAST, _NOISE_SIGMAS, _MASK_FRACTION, _CORE_FRACTION,
+        _FLOOR_FRACTION, _KEEP_MASS_FRACTION, _MIN_EXTENT_PX, _MIN_EXTENT_FRACTION)
+    if status != 0:
         raise NoDigitFound()
-
-    mask = blurred > max(_MASK_FRACTION * peak, 4.0 * sigma)
-    core = blurred > _CORE_FRACTION * peak
-    stroke = signal[core]
-    level = float(_median(stroke)) if stroke.size else peak
-    level = max(level, peak * _CORE_FRACTION)
-    # Pixel noise is ~2.7x the blurred sigma; keep it out of the picture.
-    floor = max(_FLOOR_FRACTION * level, 2.5 * _half_sigma(signal))
-    ink = signal - floor
-    ink /= max(level - floor, 1e-6)
-    _clip01(ink)
-
-    box, dropped = _select_digit(ink, mask)
     y0, y1, x0, x1 = box
     extent = max(y1 - y0, x1 - x0)
-    if extent < max(_MIN_EXTENT_PX, _MIN_EXTENT_FRACTION * max(signal.shape)):
-        raise NoDigitFound()
-    if dropped is not None:
-        ink[dropped] = 0.0
     frame = _to_mnist_frame(ink, box)
-    width = _stroke_width(frame)
+    width = kernels.stroke_width(frame)
     if width >= _THIN_STROKE:
         return frame
     # Too thin for MNIST: dilate in working pixels, re-measure (the estimate is rough,
@@ -794,11 +453,12 @@ def _digit_from_signal(signal: np.ndarray, blurred: np.ndarray | None = None, si
         region = ink[ry0 : grown[1] + radius + 1, rx0 : grown[3] + radius + 1]
         local_box = (grown[0] - ry0, grown[1] - ry0, grown[2] - rx0, grown[3] - rx0)
         frame = _to_mnist_frame(_thicken(region, radius), local_box)
-        width = _stroke_width(frame)
+        width = kernels.stroke_width(frame)
         extent = max(grown[1] - grown[0], grown[3] - grown[2])
         if width >= 0.9 * _TARGET_STROKE:
             break
     return frame
+
 
 
 def preprocess(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
