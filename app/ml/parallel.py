@@ -21,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from app.ml.preprocessing import DEFAULT_MAX_PIXELS, preprocess_many
+from app.ml.preprocessing import DEFAULT_MAX_PIXELS, preprocess_many, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def _ready(parent_pid: int) -> None:
     holds both ends of the task queue, so they never see it close.
     """
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    warm_up()  # load the compiled kernels before the first batch
 
 
 def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "preprocess",
     "preprocess_many",
     "from_mnist_uint8",
+    "warm_up",
 ]
 
 # 40 megapixels covers every phone camera in common use (48 MP sensors bin to 12 MP by
@@ -252,8 +253,10 @@ def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
             arr = np.asarray(pm, dtype=np.float32) / 255.0
             return arr[..., 0].copy(), arr[..., 1].copy()  # contiguous, as the kernels expect
         rgba = im if mode in ("RGBA", "RGBa") else im.convert("RGBA")
+        if rgba.mode == "RGBA" and max(rgba.size) <= _WORK_MAX_SIDE:  # no reduction: premultiply in the kernel
+            return kernels.premultiplied_luma(np.asarray(rgba), True)
         pm = rgba.convert("RGBa") if rgba.mode == "RGBA" else rgba
-        return kernels.premultiplied_luma(np.asarray(_reduce(pm)))
+        return kernels.premultiplied_luma(np.asarray(_reduce(pm)), False)
 
     if mode != "L":
         try:
@@ -503,6 +506,26 @@ def preprocess_many(items: list[bytes], *, start: int = 0, **kw) -> np.ndarray:
             exc.index = start + i
             raise
     return out
+
+
+def warm_up() -> None:
+    """Preprocess a few tiny synthetic uploads, one per path through the pipeline.
+
+    The compiled kernels are built on first use (seconds, once per checkout, then loaded
+    from numba's cache in a fraction of a second); a serving process calls this as it
+    starts so that no request pays for it.
+    """
+    stroke = np.zeros((40, 40), dtype=np.uint8)
+    stroke[8:32, 18:23] = 255
+    stroke[8:12, 10:30] = 255
+    paper = Image.fromarray(255 - stroke)  # dark ink on white paper, L
+    canvas = Image.merge("RGBA", (*(Image.new("L", (40, 40), 0),) * 3, Image.fromarray(stroke)))
+    cutout = Image.merge("RGBA", (paper, paper, paper, Image.new("L", (40, 40), 255)))
+    cutout.paste((0, 0, 0, 0), (0, 0, 40, 4))  # transparent margin on opaque paper
+    for im in (paper, canvas, cutout, paper.convert("LA")):
+        buffer = io.BytesIO()
+        im.save(buffer, format="PNG")
+        preprocess(buffer.getvalue())
 
 
 def from_mnist_uint8(x: np.ndarray) -> np.ndarray:
