@@ -28,7 +28,7 @@ _HALF = F32(0.5)
 _TWO = F32(2.0)
 _SIXTEENTH = F32(1.0 / 16.0)
 _MAD_TO_SIGMA = F32(0.6745)  # median |x| of a normal sample, in sigmas (float32, as numpy divided)
-_SAMPLE = 16384  # a median over more values than this uses an evenly thinned sample
+_SAMPLE = 4096  # a median over more values than this uses an evenly thinned sample
 
 
 # ------------------------------------------------------------------------ selection

@@ -471,7 +471,7 @@ def test_base_model_reads_the_mnist_fixtures():
 
 def plain_half_sigma(values: np.ndarray) -> float:
     flat = values.ravel()
-    flat = flat[:: max(1, flat.size // 16384)]
+    flat = flat[:: max(1, flat.size // kernels._SAMPLE)]
     neg = flat[flat <= 0]
     if neg.size < 16:
         return 0.0
