@@ -436,14 +436,20 @@ def _find(parent, i):
 
 @_jit
 def _label(mask):
-    """Connected components (8-connectivity): (labels 0..n-1 per pixel or -1, n)."""
+    """Connected components (8-connectivity) of a boolean mask, in one pass.
+
+    Returns (labels, number, n): `labels` holds a provisional label per mask pixel (-1
+    elsewhere) and number[label] its component, 0..n-1 in order of each component's
+    first pixel (row-major). Reading labels through `number` saves a relabelling pass.
+    """
     h, w = mask.shape
-    parent = np.empty(h * w, dtype=np.int64)
-    labels = np.full((h, w), -1, dtype=np.int64)
+    parent = np.empty(h * w, dtype=np.int32)
+    labels = np.empty((h, w), dtype=np.int32)
     roots = 0
     for y in range(h):
         for x in range(w):
             if not mask[y, x]:
+                labels[y, x] = -1
                 continue
             label = -1
             for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):
@@ -469,20 +475,17 @@ def _label(mask):
                 parent[label] = label
                 roots += 1
             labels[y, x] = label
-    # Number the roots 0..n-1 in order of first appearance.
-    number = np.full(roots, -1, dtype=np.int64)
+    # Number the roots 0..n-1 in order of first appearance (a root is its smallest label).
+    number = np.empty(roots, dtype=np.int32)
     n = 0
     for r in range(roots):
         root = _find(parent, r)
-        if number[root] < 0:
-            number[root] = n
+        if root == r:
+            number[r] = n
             n += 1
-        number[r] = number[root]
-    for y in range(h):
-        for x in range(w):
-            if labels[y, x] >= 0:
-                labels[y, x] = number[labels[y, x]]
-    return labels, n
+        else:
+            number[r] = number[root]
+    return labels, number, n
 
 
 @_jit
@@ -508,11 +511,16 @@ def isolate_digit(signal, blurred, sigma, min_contrast, noise_sigmas, mask_fract
     stroke = np.empty(signal.size, dtype=signal.dtype)
     n_stroke = 0
     mask = np.empty((h, w), dtype=np.bool_)
+    inked = np.empty(signal.size, dtype=np.int64)  # flat indices of the mask's pixels
+    n_inked = 0
     for y in range(h):
         for x in range(w):
             b = blurred[y, x]
             mask[y, x] = b > mask_level
-            if b > core_level:
+            if b > mask_level:
+                inked[n_inked] = y * w + x
+                n_inked += 1
+            if b > core_level:  # not always inside the mask: 4 sigma may exceed it
                 stroke[n_stroke] = signal[y, x]
                 n_stroke += 1
     level = float(median32(stroke[:n_stroke])) if n_stroke else peak
@@ -521,13 +529,12 @@ def isolate_digit(signal, blurred, sigma, min_contrast, noise_sigmas, mask_fract
     floor = max(floor_fraction * level, 2.5 * half_sigma(signal))
     floor32 = F32(floor)
     scale32 = F32(max(level - floor, 1e-6))
-    ink = np.empty((h, w), dtype=F32)
-    for y in range(h):
-        for x in range(w):
-            v = (signal[y, x] - floor32) / scale32
-            ink[y, x] = min(max(v, F32(0.0)), F32(1.0))
 
-    labels, n = _label(mask)
+    ink = np.empty((h, w), dtype=F32)
+    for y in range(h):  # no branches: vectorised
+        for x in range(w):
+            ink[y, x] = min(max((signal[y, x] - floor32) / scale32, F32(0.0)), F32(1.0))
+    labels, number, n = _label(mask)
     if n == 0:
         return NO_DIGIT, ink, box
     mass = np.zeros(n)
@@ -535,15 +542,14 @@ def isolate_digit(signal, blurred, sigma, min_contrast, noise_sigmas, mask_fract
     y1 = np.zeros(n, dtype=np.int64)
     x0 = np.full(n, w, dtype=np.int64)
     x1 = np.zeros(n, dtype=np.int64)
-    for y in range(h):
-        for x in range(w):
-            c = labels[y, x]
-            if c >= 0:
-                mass[c] += ink[y, x]
-                y0[c] = min(y0[c], y)
-                y1[c] = max(y1[c], y + 1)
-                x0[c] = min(x0[c], x)
-                x1[c] = max(x1[c], x + 1)
+    for i in range(n_inked):
+        y, x = divmod(inked[i], w)
+        c = number[labels[y, x]]
+        mass[c] += ink[y, x]
+        y0[c] = min(y0[c], y)
+        y1[c] = max(y1[c], y + 1)
+        x0[c] = min(x0[c], x)
+        x1[c] = max(x1[c], x + 1)
     keep = mass >= keep_mass_fraction * mass.max()
     by0, by1, bx0, bx1 = h, 0, w, 0
     for c in range(n):
@@ -566,7 +572,7 @@ def isolate_digit(signal, blurred, sigma, min_contrast, noise_sigmas, mask_fract
         for y in range(h):
             for x in range(w):
                 c = labels[y, x]
-                if c >= 0 and not keep[c]:
+                if c >= 0 and not keep[number[c]]:
                     for yy in range(max(y - 1, 0), min(y + 2, h)):
                         for xx in range(max(x - 1, 0), min(x + 2, w)):
                             erase[yy, xx] = True
@@ -575,6 +581,60 @@ def isolate_digit(signal, blurred, sigma, min_contrast, noise_sigmas, mask_fract
                 if erase[y, x]:
                     ink[y, x] = 0.0
     return 0, ink, box
+
+
+@_jit
+def centre_of_mass(ink, y0, y1, x0, x1):
+    """(total ink, centre of mass row, column) of ink[y0:y1, x0:x1], in crop coordinates."""
+    total = 0.0
+    moment_y = 0.0
+    moment_x = 0.0
+    for y in range(y0, y1):
+        row = 0.0
+        for x in range(x0, x1):
+            v = float(ink[y, x])
+            row += v
+            moment_x += v * (x - x0)
+        total += row
+        moment_y += row * (y - y0)
+    if total <= 0.0:
+        return total, 0.0, 0.0
+    return total, moment_y / total, moment_x / total
+
+
+@_jit
+def padded_crop(ink, y0, y1, x0, x1, top, left, bottom, right):
+    """ink[y0:y1, x0:x1] inside a zero frame of the given widths (a new float32 array)."""
+    out = np.zeros((top + (y1 - y0) + bottom, left + (x1 - x0) + right), dtype=F32)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            out[top + y - y0, left + x - x0] = ink[y, x]
+    return out
+
+
+@_jit
+def normalised_frame(resampled):
+    """(frame, peak): the resampled digit clipped to [0, 1] and scaled so its peak is 1.
+
+    Values under 1e-3 of the peak are resampling ripples and become exactly 0, as
+    MNIST's background is. The frame is all zeros when the peak is not positive.
+    """
+    h, w = resampled.shape
+    frame = np.empty((h, w), dtype=F32)
+    peak = F32(0.0)
+    for y in range(h):
+        for x in range(w):
+            v = min(max(resampled[y, x], F32(0.0)), F32(1.0))
+            frame[y, x] = v
+            peak = max(peak, v)
+    if peak <= 0:
+        return frame, float(peak)
+    ripple = F32(1e-3)
+    for y in range(h):
+        for x in range(w):
+            v = frame[y, x] / peak
+            frame[y, x] = v if v >= ripple else F32(0.0)
+    return frame, float(peak)
 
 
 @_jit

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import threading
 import warnings
 
@@ -305,12 +306,6 @@ def _plane_samples(h: int, w: int) -> tuple[np.ndarray, ...]:
     return rows, cols, design, x_all, y_all
 
 
-def _clip01(a: np.ndarray) -> np.ndarray:
-    """np.clip(a, 0, 1) in place (same values; np.clip adds overhead and a copy)."""
-    np.maximum(a, 0.0, out=a)
-    return np.minimum(a, 1.0, out=a)
-
-
 def _alpha_is_meaningful(alpha: np.ndarray | None) -> bool:
     """Alpha matters when it really varies (not a constant, fully opaque layer)."""
     return alpha is not None and float(alpha.max() - alpha.min()) > 0.25
@@ -387,36 +382,29 @@ def _to_mnist_frame(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarr
     # everything further out (other marks, dropped specks) is left behind.
     cy0, cy1 = max(0, y0 - 1), min(h, y1 + 1)
     cx0, cx1 = max(0, x0 - 1), min(w, x1 + 1)
-    crop = ink[cy0:cy1, cx0:cx1]
-    total = float(crop.sum())
+    total, com_y, com_x = kernels.centre_of_mass(ink, cy0, cy1, cx0, cx1)
     if total <= 1e-6:
         raise NoDigitFound()
-    com_y = float((crop.sum(axis=1) * np.arange(cy1 - cy0)).sum() / total)
-    com_x = float((crop.sum(axis=0) * np.arange(cx1 - cx0)).sum() / total)
     # Output pixel i covers output coordinates [i, i+1); source pixel j covers [j, j+1).
     # Centre of output pixel 14 (14.5) must fall on the centre of mass (com + 0.5).
     span = _OUT / scale
     by0 = com_y + 0.5 - (_CENTRE + 0.5) / scale
     bx0 = com_x + 0.5 - (_CENTRE + 0.5) / scale
     # Pillow wants the box inside the image: pad the crop with zeros as far as needed.
-    pad_top = int(np.ceil(max(0.0, -by0))) + 1
-    pad_left = int(np.ceil(max(0.0, -bx0))) + 1
-    pad_bottom = int(np.ceil(max(0.0, by0 + span - crop.shape[0]))) + 1
-    pad_right = int(np.ceil(max(0.0, bx0 + span - crop.shape[1]))) + 1
-    # Zero frame filled by slicing (np.pad's per-call overhead is larger than the copy),
-    # handed to Pillow as a buffer and read back the same way (no array-interface trip).
-    ch, cw = crop.shape
-    padded = np.zeros((pad_top + ch + pad_bottom, pad_left + cw + pad_right), dtype=np.float32)
-    padded[pad_top : pad_top + ch, pad_left : pad_left + cw] = crop
+    ch, cw = cy1 - cy0, cx1 - cx0
+    pad_top = math.ceil(max(0.0, -by0)) + 1
+    pad_left = math.ceil(max(0.0, -bx0)) + 1
+    pad_bottom = math.ceil(max(0.0, by0 + span - ch)) + 1
+    pad_right = math.ceil(max(0.0, bx0 + span - cw)) + 1
+    padded = kernels.padded_crop(ink, cy0, cy1, cx0, cx1, pad_top, pad_left, pad_bottom, pad_right)
+    # Handed to Pillow as a buffer and read back the same way (no array-interface trip).
     src = Image.frombuffer("F", (padded.shape[1], padded.shape[0]), padded, "raw", "F", 0, 1)
     region = (bx0 + pad_left, by0 + pad_top, bx0 + pad_left + span, by0 + pad_top + span)
     resized = src.resize((_OUT, _OUT), Image.Resampling.LANCZOS, box=region)
-    frame = _clip01(np.frombuffer(resized.tobytes(), dtype=np.float32).reshape(_OUT, _OUT).copy())
-    peak = float(frame.max())
+    frame = np.frombuffer(resized.tobytes(), dtype=np.float32).reshape(_OUT, _OUT)
+    frame, peak = kernels.normalised_frame(frame)
     if peak <= 1e-6:
         raise NoDigitFound()
-    frame /= peak
-    frame[frame < 1e-3] = 0.0  # resampling ripples: MNIST's background is exactly 0
     return frame
 
 
