@@ -390,19 +390,17 @@ def _to_mnist_frame(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarr
     span = _OUT / scale
     by0 = com_y + 0.5 - (_CENTRE + 0.5) / scale
     bx0 = com_x + 0.5 - (_CENTRE + 0.5) / scale
-    # Pillow wants the box inside the image: pad the crop with zeros as far as needed.
+    # The resampling window must lie inside the image (it is clipped and renormalised
+    # at the edges, as Pillow's is): pad the crop with zeros as far as needed.
     ch, cw = cy1 - cy0, cx1 - cx0
     pad_top = math.ceil(max(0.0, -by0)) + 1
     pad_left = math.ceil(max(0.0, -bx0)) + 1
     pad_bottom = math.ceil(max(0.0, by0 + span - ch)) + 1
     pad_right = math.ceil(max(0.0, bx0 + span - cw)) + 1
     padded = kernels.padded_crop(ink, cy0, cy1, cx0, cx1, pad_top, pad_left, pad_bottom, pad_right)
-    # Handed to Pillow as a buffer and read back the same way (no array-interface trip).
-    src = Image.frombuffer("F", (padded.shape[1], padded.shape[0]), padded, "raw", "F", 0, 1)
-    region = (bx0 + pad_left, by0 + pad_top, bx0 + pad_left + span, by0 + pad_top + span)
-    resized = src.resize((_OUT, _OUT), Image.Resampling.LANCZOS, box=region)
-    frame = np.frombuffer(resized.tobytes(), dtype=np.float32).reshape(_OUT, _OUT)
-    frame, peak = kernels.normalised_frame(frame)
+    resized = kernels.lanczos_resample(padded, bx0 + pad_left, by0 + pad_top, bx0 + pad_left + span,
+                                       by0 + pad_top + span, _OUT)
+    frame, peak = kernels.normalised_frame(resized)
     if peak <= 1e-6:
         raise NoDigitFound()
     return frame

@@ -606,3 +606,16 @@ def test_paper_residual_removes_a_tilted_plane_despite_ink_on_the_border():
     off_stroke[:, 40:46] = False
     assert np.abs(residual[off_stroke]).max() < 1e-5
     assert np.allclose(residual[:, 40:46], 0.1 - paper[:, 40:46], atol=1e-5)
+
+
+def test_lanczos_resample_is_pillows_resize_with_a_box():
+    rng = np.random.default_rng(6)
+    for _ in range(100):
+        h, w = (int(v) for v in rng.integers(20, 120, 2))
+        image = rng.random((h, w)).astype(np.float32)
+        x0, y0 = rng.uniform(0, 0.3 * w), rng.uniform(0, 0.3 * h)
+        span = rng.uniform(5, min(w - x0, h - y0))
+        box = (x0, y0, x0 + span, y0 + span)
+        pillow = Image.frombuffer("F", (w, h), image, "raw", "F", 0, 1).resize((28, 28), Image.Resampling.LANCZOS, box=box)
+        # Same weights and sums; at most a last-bit difference from the order of rounding.
+        assert np.allclose(kernels.lanczos_resample(image, *box, 28), np.asarray(pillow), rtol=0, atol=1e-6)
