@@ -5,10 +5,11 @@ like: white ink on black, the digit's bounding box scaled (aspect kept, anti-ali
 into 20x20, and that placed in a 28x28 field so that its centre of mass sits at the
 centre. Real uploads are nothing like that: dark ink on tinted, textured or unevenly lit
 paper, any size, off-centre, JPEG-compressed, rotated by EXIF, or canvas exports whose
-ink lives only in the alpha channel. This module bridges the two, with numpy and Pillow
-only, and refuses what it cannot or must not decode with an `ImageRejected` subclass.
+ink lives only in the alpha channel. This module bridges the two and refuses what it
+cannot or must not decode with an `ImageRejected` subclass. Pillow decodes; the
+per-pixel steps are compiled loops in `app.ml.kernels`; this module decides what runs.
 
-Pipeline (each step is a small function below):
+Pipeline:
 
 1. decode safely: restricted formats, pixel count checked from the header before any
    pixel is decoded, decompression bombs refused, EXIF orientation applied, large
@@ -25,11 +26,9 @@ Pipeline (each step is a small function below):
 5. MNIST geometry: bounding box into 20x20 (anti-aliased), centre of mass to (14, 14);
    strokes far thinner than MNIST's (a fine pen on a big photo) are thickened.
 
-Typical uploads (a few hundred pixels a side) take 1-3 ms on one core, about half of it
-Pillow's decoding; the cost is bounded for any size because everything after decoding
-works on <= 256 px. Small arrays make numpy's per-call overhead the main cost of the
-steps, so the helpers avoid the heavier conveniences (np.median, np.pad, ...) where an
-exact cheaper equivalent exists (bench/preprocessing_speed.py measures it).
+A realistic upload (a few hundred pixels a side) takes 0.4-1.5 ms on one core, half of
+it or more in Pillow's decoding; the cost is bounded for any size because everything
+after decoding works on <= 256 px (bench/preprocessing_speed.py measures it).
 """
 
 from __future__ import annotations
