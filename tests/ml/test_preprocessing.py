@@ -619,3 +619,15 @@ def test_lanczos_resample_is_pillows_resize_with_a_box():
         pillow = Image.frombuffer("F", (w, h), image, "raw", "F", 0, 1).resize((28, 28), Image.Resampling.LANCZOS, box=box)
         # Same weights and sums; at most a last-bit difference from the order of rounding.
         assert np.allclose(kernels.lanczos_resample(image, *box, 28), np.asarray(pillow), rtol=0, atol=1e-6)
+
+
+def test_threads_preprocessing_at_once_get_the_serial_results():
+    # The compiled kernels release the GIL, so request threads really run them at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    items, _ = load_fixtures()
+    expected = preprocess_many(items)
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(preprocess, items))
+            assert np.array_equal(np.stack(got), expected)
