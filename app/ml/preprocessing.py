@@ -253,7 +253,8 @@ def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
             arr = np.asarray(pm, dtype=np.float32) / 255.0
             return arr[..., 0].copy(), arr[..., 1].copy()  # contiguous, as the kernels expect
         rgba = im if mode in ("RGBA", "RGBa") else im.convert("RGBA")
-        if rgba.mode == "RGBA" and max(rgba.size) <= _WORK_MAX_SIDE:  # no reduction: premultiply in the kernel
+        if rgba.mode == "RGBA" and max(rgba.size) <= _WORK_MAX_SIDE:
+            # Nothing to reduce: the kernel premultiplies as it converts (one pass, not two).
             return kernels.premultiplied_luma(np.asarray(rgba), True)
         pm = rgba.convert("RGBa") if rgba.mode == "RGBA" else rgba
         return kernels.premultiplied_luma(np.asarray(_reduce(pm)), False)
@@ -279,8 +280,8 @@ def _reduce(im: Image.Image) -> Image.Image:
 
 @functools.lru_cache(maxsize=32)
 def _plane_samples(h: int, w: int) -> tuple[np.ndarray, ...]:
-    """Where `kernels.paper_residual` samples an h x w image, its design matrix (1, x, y), and the
-    normalised x of every column and y of every row (for the plane itself).
+    """Where `kernels.paper_residual` samples an h x w image, its design matrix (1, x, y),
+    and the normalised x of every column and y of every row (for the plane itself).
 
     Samples lie on a grid of <= 48 x 48 points, in the outer band of the image, in
     row-major order. They depend on the size only, so they are cached (read-only):
@@ -323,6 +324,11 @@ def _ink_signal(luma: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray,
     colours (a photo with transparent corners), transparent areas are filled with the
     paper colour of the opaque ones, and the usual paper/ink analysis follows.
     """
+    # The kernels expect C-ordered float32 planes (their medians read float32 bits); this
+    # is a no-op for everything _to_arrays returns.
+    luma = np.ascontiguousarray(luma, dtype=np.float32)
+    if alpha is not None:
+        alpha = np.ascontiguousarray(alpha, dtype=np.float32)
     if _alpha_is_meaningful(alpha):
         opaque, typical, outliers = kernels.alpha_colour(luma, alpha)
         if opaque == 0 or outliers < _ALPHA_INK_OUTLIERS:
