@@ -631,3 +631,16 @@ def test_threads_preprocessing_at_once_get_the_serial_results():
         for _ in range(3):
             got = list(pool.map(preprocess, items))
             assert np.array_equal(np.stack(got), expected)
+
+
+def test_premultiplying_in_the_kernel_is_pillows_rgba_to_rgba_premultiplied():
+    rgba = np.random.default_rng(7).integers(0, 256, size=(37, 53, 4), dtype=np.uint8)
+    premultiplied = np.asarray(Image.fromarray(rgba, "RGBA").convert("RGBa"))
+    luma, alpha = kernels.premultiplied_luma(rgba, True)
+    expected_luma, expected_alpha = kernels.premultiplied_luma(premultiplied, False)
+    assert_same(luma, expected_luma)
+    assert_same(alpha, expected_alpha)
+    # ... and both are the plain numpy conversion of Pillow's premultiplied pixels.
+    unit = premultiplied.astype(np.float32) / 255.0
+    assert_same(luma, unit[..., 0] * 0.299 + unit[..., 1] * 0.587 + unit[..., 2] * 0.114)
+    assert_same(alpha, unit[..., 3])
