@@ -534,7 +534,7 @@ def isolate_digit(signal, blurred, sigma, min_contrast, noise_sigmas, mask_fract
     scale32 = F32(max(level - floor, 1e-6))
 
     ink = np.empty((h, w), dtype=F32)
-    for y in range(h):  # no branches: vectorised
+    for y in range(h):  # every pixel, without branches (the box is not known yet)
         for x in range(w):
             ink[y, x] = min(max((signal[y, x] - floor32) / scale32, F32(0.0)), F32(1.0))
     labels, number, n = _label(mask)
