@@ -78,16 +78,23 @@ def _kth(buf, k):
 def median(buf):
     """np.median of a non-empty 1-D array, in its dtype; reorders `buf`."""
     n = buf.size
-    upper = _kth(buf, n // 2)
+    lower, upper = _kth_pair(buf, n // 2)
     if n % 2:
         return upper
-    lower = buf[0]  # the lower middle value is the largest of those before
-    for i in range(1, n // 2):
-        if buf[i] > lower:
-            lower = buf[i]
     half = np.empty(1, dtype=buf.dtype)
     half[0] = 0.5
     return (lower + upper) * half[0]
+
+
+@_jit
+def _kth_pair(buf, k):
+    """The (k-1)-th and k-th smallest values of `buf` (the first is the k-th when k is 0),
+    by selection; reorders `buf`."""
+    upper = _kth(buf, k)
+    lower = upper
+    for i in range(k):  # after _kth, the values before position k are the smaller
+        lower = buf[i] if i == 0 else max(lower, buf[i])
+    return lower, upper
 
 
 @_jit
@@ -130,11 +137,7 @@ def _middle_pair(buf, k):
     """
     n = buf.size
     if n < 2048:  # below this the histogram's fixed cost exceeds the selection's
-        upper = _kth(buf, k)
-        lower = upper
-        for i in range(k):  # after _kth, the values before position k are the smaller
-            lower = buf[i] if i == 0 else max(lower, buf[i])
-        return lower, upper
+        return _kth_pair(buf, k)
     bits = buf.view(np.int32)
     counts = np.zeros(4096, dtype=np.int64)
     for i in range(n):
@@ -190,39 +193,33 @@ def _half_sigmas(values):
     0.6745 sigma. Zeros count on both sides (a clean synthetic paper has no noise at
     all); a side of fewer than 16 values gives 0.
     """
-    flat = values.ravel()
-    step = _sample_step(flat.size)
-    n = (flat.size + step - 1) // step
-    below = np.empty(n, dtype=flat.dtype)
-    above = np.empty(n, dtype=flat.dtype)
-    n_below = 0
-    n_above = 0
-    for i in range(0, flat.size, step):
-        # Branch-free (write always, advance by the comparison): the sign of noise is a
-        # coin toss, which a branch would mispredict half the time.
-        v = flat[i]
-        below[n_below] = -v
-        above[n_above] = v
-        n_below += v < 0
-        n_above += v > 0
-    zeros = n - n_below - n_above
-    return _side_sigma(below[:n_below], zeros), _side_sigma(above[:n_above], zeros)
+    return half_sigma(values), _side_sigma(*_below_zero(values, F32(-1.0)))
 
 
 @_jit
 def half_sigma(values):
     """Noise sigma from the values at or below zero only (the paper side of an ink signal)."""
+    return _side_sigma(*_below_zero(values, F32(1.0)))
+
+
+@_jit
+def _below_zero(values, sign):
+    """(magnitudes of the sampled sign*values below zero, how many sampled ones are zero).
+
+    Branch-free (write always, advance by the comparison): the sign of noise is a coin
+    toss, which a branch would mispredict half the time.
+    """
     flat = values.ravel()
     step = _sample_step(flat.size)
-    below = np.empty((flat.size + step - 1) // step, dtype=flat.dtype)
-    n_below = 0
+    magnitudes = np.empty((flat.size + step - 1) // step, dtype=flat.dtype)
+    n = 0
     zeros = 0
     for i in range(0, flat.size, step):
-        v = flat[i]
-        below[n_below] = -v  # branch-free, as in _half_sigmas
-        n_below += v < 0
+        v = flat[i] * sign
+        magnitudes[n] = -v
+        n += v < 0
         zeros += v == 0
-    return _side_sigma(below[:n_below], zeros)
+    return magnitudes[:n], zeros
 
 
 @_jit
