@@ -5,6 +5,7 @@ from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
 from app.schemas import (
+    MAX_ID,
     FeedbackStatsSchema,
     ModelListSchema,
     ModelVersionSchema,
@@ -84,7 +85,7 @@ def start_retrain(data):
     return {"job_id": job.id, "status": job.status, "status_url": status_url}, 202, {"Location": status_url}
 
 
-@bp.get("/retrain/<int:job_id>")
+@bp.get(f"/retrain/<int(min=1, max={MAX_ID}):job_id>")  # any other number names no job: 404
 @role_required("admin")
 @bp.response(200, RetrainJobSchema)
 @bp.doc(security=ADMIN)

@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 
 from app.api.uploads import documents_upload_errors, read_multipart_file
 from app.errors import ApiError, ValidationFailed
-from app.schemas import FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, PageQuerySchema
+from app.schemas import FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
 from app.services import feedback as feedback_service
 
 bp = Blueprint("feedback", __name__, url_prefix="/api/v2", description="Feedback on predictions")
@@ -29,13 +29,6 @@ FEEDBACK_BODY = {
 }
 
 
-def _multipart_label():
-    raw = request.form.get("label", "")
-    if not raw.strip().isdigit():
-        raise ValidationFailed("label must be an integer from 0 to 9", details={"label": ["0-9"]})
-    return int(raw)
-
-
 @bp.post("/feedback")
 @jwt_required()
 @bp.response(201, FeedbackSchema)
@@ -49,7 +42,7 @@ def give():
     user_id = int(get_jwt_identity())
     if request.mimetype.startswith("multipart/form-data"):
         upload = read_multipart_file()
-        feedback = feedback_service.give_labelled_sample(upload, _multipart_label(), user_id=user_id)
+        feedback = feedback_service.give_labelled_sample(upload, LabelFormSchema().load({"label": request.form.get("label")})["label"], user_id=user_id)
         return feedback_service.serialize(feedback)
     if not request.is_json:
         raise ApiError("send JSON or multipart/form-data", status=415, code="unsupported_media_type")
