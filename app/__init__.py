@@ -32,6 +32,7 @@ def create_app(config_name=None, test_config=None):
 
     configure_logging(app)
     configure_proxy(app)
+    register_metrics(app)
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
@@ -86,6 +87,12 @@ def configure_proxy(app):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
 
+def register_metrics(app):
+    from app import metrics
+
+    metrics.init_app(app)
+
+
 def register_extensions(app):
     from app import security
     from app.extensions import api, bcrypt, db, jwt, limiter, mail, migrate
@@ -105,6 +112,9 @@ def register_extensions(app):
     api.init_app(app)
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    api.spec.components.security_scheme(
+        "metricsToken", {"type": "http", "scheme": "bearer", "description": "the METRICS_TOKEN setting"}
     )
 
 

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.extensions import db
+from app.metrics import observe_refusal
 from app.ml.preprocessing import ImageRejected
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def _api_error(exc):
 
 def _image_rejected(exc):
     """The preprocessing's refusals carry their own status (400, 413, 415 or 422)."""
+    observe_refusal(exc.code)
     return error_response(exc.http_status, str(exc), code=exc.code)
 
 

@@ -150,6 +150,42 @@ class FeedbackStatsSchema(Schema):
     last_retrain_at = UtcDateTime(allow_none=True)
 
 
+class DriftSchema(Schema):
+    model_version = fields.String(allow_none=True, metadata={"description": "the served version the window is of"})
+    window = fields.Integer(metadata={"description": "DRIFT_WINDOW: how many recent predictions are compared"})
+    predictions = fields.Integer(metadata={"description": "recent predictions of that version in the window"})
+    digit_psi = fields.Float(allow_none=True, metadata={"description": "population stability index of the predicted "
+                             "digits against the held-out digits (<0.1 stable, >0.25 shifted)"})
+    confidence_psi = fields.Float(allow_none=True, metadata={"description": "the same for the confidence served"})
+    recent_digit_share = fields.List(fields.Float(), allow_none=True)
+    reference_digit_share = fields.List(fields.Float(), allow_none=True)
+
+
+class VersionQualitySchema(Schema):
+    model_version = fields.String()
+    predictions = fields.Integer()
+    feedback = fields.Integer(metadata={"description": "labels given on this version's predictions"})
+    wrong = fields.Integer(metadata={"description": "of those, labels that disagree with the prediction"})
+    error_rate = fields.Float(metadata={"description": "wrong / feedback: the live error-rate estimate"})
+
+
+class FeedbackDaySchema(Schema):
+    day = fields.String(metadata={"example": "2026-11-30"})
+    model_version = fields.String()
+    feedback = fields.Integer()
+    wrong = fields.Integer()
+    error_rate = fields.Float()
+
+
+class StatsSchema(Schema):
+    live_model_version = fields.String(allow_none=True)
+    drift = fields.Nested(DriftSchema)
+    versions = fields.List(fields.Nested(VersionQualitySchema))
+    predictions_per_version = fields.Dict(keys=fields.String(), values=fields.Integer())
+    feedback = fields.Nested(FeedbackStatsSchema)
+    feedback_by_day = fields.List(fields.Nested(FeedbackDaySchema), metadata={"description": "last 30 days"})
+
+
 class ModelVersionSchema(Schema):
     version = fields.String()
     status = fields.String(metadata={"enum": ["candidate", "active", "retired", "rejected"]})

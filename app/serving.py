@@ -16,6 +16,7 @@ import time
 
 from app.errors import ServiceUnavailable
 from app.extensions import db
+from app.metrics import observe_model_swap
 from app.services import model_versions
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ class ModelService:
             if row.version != self.current_version:
                 path = model_versions.resolve_path(self.model_dir, row.file_path)
                 started = time.perf_counter()
+                previous = self.current_version
                 self._registry().load(row.version, path, sha256=row.sha256)
+                observe_model_swap(previous, row.version)
                 log.info("serving model %s (loaded in %.2fs)", row.version, time.perf_counter() - started)
         return row.version
 

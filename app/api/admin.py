@@ -12,10 +12,11 @@ from app.schemas import (
     RetrainAcceptedSchema,
     RetrainJobSchema,
     RetrainRequestSchema,
+    StatsSchema,
 )
 from app.security import role_required
 from app.services import feedback as feedback_service
-from app.services import model_versions, retraining
+from app.services import model_versions, monitoring, retraining
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", description="Administration (admin role)")
 
@@ -69,6 +70,16 @@ def activate_model(version):
 def feedback_stats():
     """Feedback counts per label and model version, the live model's error rate, what is new."""
     return feedback_service.stats()
+
+
+@bp.get("/stats")
+@role_required("admin")
+@bp.response(200, StatsSchema)
+@bp.doc(security=ADMIN)
+def stats():
+    """The live model on real traffic: drift of recent predictions, error rate per version
+    (from users' labels, also per day), prediction and feedback counts."""
+    return monitoring.stats()
 
 
 @bp.post("/retrain")

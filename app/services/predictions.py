@@ -10,6 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.entities import Prediction, StoredImage
 from app.extensions import db
+from app.metrics import observe_predictions
 from app.ml.preprocessing import ImageRejected
 
 # Core inserts on the tables, built once. Same SQL and column defaults as the ORM-enabled
@@ -96,4 +97,5 @@ def predict_uploads(uploads, *, user_id, api_version):
                          probabilities=v["probabilities"], model_version=version)
         for id_, v in zip(ids, values)
     ]
+    observe_predictions(results)
     return results, version
