@@ -4,10 +4,37 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+import flask
 from flask import request
+from werkzeug.exceptions import BadRequest
+from werkzeug.formparser import FormDataParser
 
 from app.errors import ApiError, ValidationFailed
 from app.schemas import ErrorSchema
+
+
+class _StrictFormDataParser(FormDataParser):
+    """Werkzeug's form parser, except that a body it cannot parse is a 400 that says so.
+
+    Werkzeug's default (``silent=True``) hands the view an empty form, and the client would
+    be told a field is missing when its body was cut short or named another boundary.
+    Its limits stay: more than ``MAX_FORM_PARTS`` parts or a text field over
+    ``MAX_FORM_MEMORY_SIZE`` is a 413, a body over ``MAX_CONTENT_LENGTH`` too.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, silent=False, **kwargs)
+
+    def parse(self, stream, mimetype, content_length, options=None):
+        try:
+            return super().parse(stream, mimetype, content_length, options)
+        except ValueError as exc:
+            kind = "multipart" if mimetype == "multipart/form-data" else "form"
+            raise BadRequest(f"malformed {kind} body: {exc}") from None
+
+
+class UploadRequest(flask.Request):
+    form_data_parser_class = _StrictFormDataParser
 
 
 @dataclass(frozen=True)
