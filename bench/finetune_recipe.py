@@ -74,7 +74,7 @@ def naive_fine_tune(model_path, x, y, epochs, seed):
     x, y = training._check_xy(x, y)
     return training._fit(model, x, y, epochs=epochs, batch_size=64, seed=seed,
                          aug=training.BASE_AUGMENT.scaled(training.FT_AUGMENT_SCALE),
-                         augment_mask=None, peak_lr=3e-3, warmup_frac=0.1,
+                         peak_lr=3e-3, warmup_frac=0.1,
                          label_smoothing=0.1, weight_decay=1e-4, progress=None, verbose=0)
 
 

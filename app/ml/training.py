@@ -103,23 +103,16 @@ def make_dataset(
     epochs: int,
     seed: int,
     aug: Augment | None,
-    augment_mask: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Shuffled, augmented batches for `epochs` epochs, deterministic for a seed.
-
-    `augment_mask` (bool per sample) limits augmentation to some samples (e.g. only
-    the feedback, not the replay digits); None augments all of them."""
-    n = len(x)
-    mask = np.ones(n, bool) if augment_mask is None else np.asarray(augment_mask, bool)
-    ds = tf.data.Dataset.from_tensor_slices((x, y, mask))
-    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    """Shuffled, augmented batches for `epochs` epochs, deterministic for a seed."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).repeat(epochs).enumerate()
 
     def _map(i, batch):
-        xb, yb, mb = batch
+        xb, yb = batch
         if aug is not None:
-            warped = random_affine(xb, tf.stack([tf.cast(seed, tf.int64), i]), aug)
-            xb = tf.where(mb[:, None, None], warped, xb)
+            xb = random_affine(xb, tf.stack([tf.cast(seed, tf.int64), i]), aug)
         return xb, yb
 
     return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
@@ -157,15 +150,14 @@ def _compile(model: keras.Model, schedule, label_smoothing: float, weight_decay:
     )
 
 
-def _fit(model, x, y, *, epochs, batch_size, seed, aug, augment_mask, peak_lr,
+def _fit(model, x, y, *, epochs, batch_size, seed, aug, peak_lr,
          warmup_frac, label_smoothing, weight_decay, progress, verbose):
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
     steps = math.ceil(len(x) / batch_size)
     _compile(model, _schedule(peak_lr, steps * epochs, warmup_frac), label_smoothing,
              weight_decay)
-    ds = make_dataset(x, y, batch_size=batch_size, epochs=epochs, seed=seed, aug=aug,
-                      augment_mask=augment_mask)
+    ds = make_dataset(x, y, batch_size=batch_size, epochs=epochs, seed=seed, aug=aug)
     ds = ds.map(lambda xb, yb: (xb, tf.one_hot(yb, 10)))
     callbacks = [_ProgressCallback(progress, epochs)] if progress else []
     model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
@@ -197,7 +189,7 @@ def train_base(
     keras.utils.set_random_seed(seed)
     model = build_model()
     return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed, aug=augment,
-                augment_mask=None, peak_lr=peak_lr, warmup_frac=0.2, label_smoothing=0.1,
+                peak_lr=peak_lr, warmup_frac=0.2, label_smoothing=0.1,
                 weight_decay=1e-4, progress=progress, verbose=verbose)
 
 
@@ -254,8 +246,7 @@ def fine_tune(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False  # Keras 3: also runs it in inference mode
     return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed,
-                aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), augment_mask=None,
-                peak_lr=peak_lr, warmup_frac=0.1, label_smoothing=0.1, weight_decay=1e-4,
+                aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), peak_lr=peak_lr, warmup_frac=0.1, label_smoothing=0.1, weight_decay=1e-4,
                 progress=progress, verbose=verbose)
 
 

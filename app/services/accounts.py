@@ -111,10 +111,3 @@ def get_user(user_id):
         raise NotFound("user not found", code="user_not_found")
     return user
 
-
-def purge_expired_revocations(now=None):
-    """Drop blocklist rows for tokens that have expired anyway; returns how many."""
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
-    result = db.session.execute(db.delete(RevokedToken).where(RevokedToken.expires_at < now))
-    db.session.commit()
-    return result.rowcount
