@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from app.ml.datasets import as_float_images, stratified_sample
 from app.ml.network import build_model
 
 Progress = Callable[[float], None] | None
@@ -43,18 +44,10 @@ BASE_AUGMENT = Augment()
 # --------------------------------------------------------------------------- helpers
 
 
-def as_float_images(x: np.ndarray) -> np.ndarray:
-    """Network input from either uint8 MNIST pixels or already-scaled floats."""
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    return x.astype(np.float32, copy=False)
-
-
 def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = as_float_images(x)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
     y = np.asarray(y).astype(np.int32)
     if x.ndim != 3 or x.shape[1:] != (28, 28):
         raise ValueError(f"images must be (n, 28, 28), got {x.shape}")
@@ -246,8 +239,8 @@ def fine_tune(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False  # Keras 3: also runs it in inference mode
     return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed,
-                aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), peak_lr=peak_lr, warmup_frac=0.1, label_smoothing=0.1, weight_decay=1e-4,
-                progress=progress, verbose=verbose)
+                aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), peak_lr=peak_lr, warmup_frac=0.1,
+                label_smoothing=0.1, weight_decay=1e-4, progress=progress, verbose=verbose)
 
 
 def _stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -258,15 +251,11 @@ def _stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     if n >= len(y):
         extra = rng.choice(len(y), n - len(y), replace=True)
         return np.concatenate([rng.permutation(len(y)), extra])
-    classes = np.unique(y)
-    picks = []
-    per = n // len(classes)
-    left = n - per * len(classes)
-    for k, c in enumerate(rng.permutation(classes)):
-        pool = np.flatnonzero(y == c)
-        want = min(len(pool), per + (1 if k < left else 0))
-        picks.append(rng.choice(pool, want, replace=False))
-    out = np.concatenate(picks)
+    n_classes = len(np.unique(y))
+    per, left = divmod(n, n_classes)
+    # The classes that get one more are drawn at random, so no digit is always favoured.
+    counts = per + (rng.permutation(n_classes) < left)
+    out = stratified_sample(y, counts, rng)
     if len(out) < n:  # a class ran short: top up from the rest
         rest = np.setdiff1d(np.arange(len(y)), out)
         out = np.concatenate([out, rng.choice(rest, n - len(out), replace=False)])
