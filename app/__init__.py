@@ -11,14 +11,14 @@ import secrets
 from flask import Flask
 from sqlalchemy import event
 
-from app.multipart import Request
+from app.api.uploads import UploadRequest
 from config import get_config
 
 
 def create_app(config_name=None, test_config=None):
     """Build an app for ``config_name`` (default: ``APP_ENV``), with optional overrides."""
     app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
-    app.request_class = Request  # multipart bodies parsed by python-multipart (app/multipart.py)
+    app.request_class = UploadRequest  # a malformed form body is a 400, not an empty form
     config_class = get_config(config_name)
     app.config.from_object(config_class)
     if test_config:

@@ -4,7 +4,7 @@ from flask import request
 from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
 from flask_smorest import Blueprint
 
-from app.api.uploads import documents_upload_errors, read_multipart_file
+from app.api.uploads import upload_endpoint, read_multipart_file
 from app.errors import ApiError, ValidationFailed
 from app.schemas import FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
 from app.services import feedback as feedback_service
@@ -32,7 +32,7 @@ FEEDBACK_BODY = {
 @bp.post("/feedback")
 @jwt_required()
 @bp.response(201, FeedbackSchema)
-@documents_upload_errors(bp)
+@upload_endpoint(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=FEEDBACK_BODY)
 def give():
     """Tell the service the true digit: JSON ``{prediction_id, label}`` or multipart ``file`` + ``label``.

@@ -11,6 +11,7 @@ from sqlalchemy import func
 from app.entities import Feedback, Prediction
 from app.extensions import db
 from app.ml import drift
+from app.ml.datasets import as_float_images
 from app.services import feedback as feedback_service
 
 # Reference distributions per served version: the live model's own predictions on the
@@ -21,8 +22,6 @@ _references_lock = threading.Lock()
 
 def _reference(model_dir):
     """(version, digit counts, confidences) of the served model on the held-out digits, or None."""
-    from app.ml.preprocessing import from_mnist_uint8
-
     service = current_app.extensions["model_service"]
     version = service.ensure_loaded(quiet=True)
     if version is None:
@@ -33,7 +32,7 @@ def _reference(model_dir):
             with np.load(os.path.join(model_dir, "replay.npz")) as replay:
                 if "x_holdout" not in replay.files:
                     return None
-                held_out = from_mnist_uint8(replay["x_holdout"])
+                held_out = as_float_images(replay["x_holdout"])
             probabilities, served = service.predict(held_out)
             if served != version:  # swapped meanwhile: the next call computes the new one
                 return None

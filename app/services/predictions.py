@@ -11,7 +11,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from app.entities import Prediction, StoredImage
 from app.extensions import db
 from app.metrics import observe_predictions
-from app.ml.preprocessing import ImageRejected
 
 # Core inserts on the tables, built once. Same SQL and column defaults as the ORM-enabled
 # forms, without the ORM bulk-insert bookkeeping, which cost about as much as the database
@@ -56,6 +55,8 @@ def store_images(uploads):
 
 def preprocess_uploads(uploads):
     """Turn raw uploads into model inputs; the first bad one refuses the whole request."""
+    from app.ml.preprocessing import ImageRejected  # here: building the app must not load the ML stack
+
     pool = current_app.extensions["preprocess_pool"]
     try:
         return pool.preprocess_many([upload.data for upload in uploads],

@@ -22,7 +22,6 @@ from app.services import model_versions
 log = logging.getLogger(__name__)
 
 ACTIVE_SLOT = 1
-FINISHED = ("succeeded", "rejected", "failed")
 
 
 def runner_id():
