@@ -421,7 +421,7 @@ def main():
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, on_term)
-    results = {"cells": {}, "servers": {}, "retrain": {}, "mixed": None}
+    results = {"cells": {}, "servers": {}, "retrain": {}, "mixed": None, "load_before": os.getloadavg()[0]}
     try:
         service = Service(workdir / "service", args.repo, service_env(args))
         service.cli("db", "upgrade")
@@ -455,6 +455,8 @@ def main():
         token = lambda: service.token("bench", PASSWORD)["Authorization"].split()[1]  # noqa: E731  fresh per cell
         for row in rows:
             warm_up(servers[ROWS[row][2]].url, row, token() if ROWS[row][2] == "service" else None)
+        # v2 and /health at the same time (http_bench's "under load"), at the concurrency nearest 8.
+        mixed_users = min((c for c in args.concurrency if c > 1), key=lambda c: abs(c - 8), default=None)
         for users in args.concurrency:
             for row in rows:
                 label, user_class, server = ROWS[row]
@@ -464,9 +466,10 @@ def main():
                 results["cells"][(row, users)] = cell
                 print(f" {cell['rps']:8.1f} req/s  p50 {cell['p50']:7.2f} ms  p99 {cell['p99']:7.2f} ms"
                       f"  failures {cell['failures']}")
-            if users == 8 and {"v2", "health"} <= set(rows):
+            if users == mixed_users and {"v2", "health"} <= set(rows):
                 print(f"  v2 + /health at once   {users:>3} users, {args.seconds:g}s ...", end="", flush=True)
                 results["mixed"] = driver.run(service.url, ["V2Predict", "Health"], users, args.seconds, token())
+                results["mixed"]["users"] = users
                 print(f" p50 {results['mixed']['v2']['p50']:.2f} / {results['mixed']['health']['p50']:.2f} ms")
         for name, server in servers.items():
             results["servers"][name]["workers_mb"] = [rss_mb(tree(pid)) for pid in server.workers()]
@@ -542,7 +545,8 @@ def report(args, results, started_at):
         "",
         f"`bench/load.py --seconds {args.seconds:g}`; service from `{args.repo}` ({commit or 'no git'}), "
         f"2 gunicorn gthread workers x 4 threads, SQLite; the naive peer with the same gunicorn settings; "
-        f"BentoML 2 workers. {os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.1f}. "
+        f"BentoML 2 workers. {os.cpu_count()} cores; load average {results['load_before']:.1f} before the run "
+        f"(other work on the machine), {os.getloadavg()[0]:.1f} at its end. "
         f"Locust users send back to back; realistic uploads (tests/fixtures/mnist50); batch = "
         f"{args.batch_size} uploads per request. p50/p99 in ms, from unrounded response times.",
         "",
@@ -580,7 +584,7 @@ def report(args, results, started_at):
                  + " | ≤ 3.5x at c=1 (one request at a time) |")
     mixed = results["mixed"]
     if mixed:
-        lines += ["", f"Under load (v2 and /health driven at the same time, 8 users in all, as `bench/http_bench.py` "
+        lines += ["", f"Under load (v2 and /health driven at the same time, {mixed['users']} users in all, as `bench/http_bench.py` "
                   f"does): v2 p50 {fmt(mixed['v2']['p50'], 2)} ms, /health p50 {fmt(mixed['health']['p50'], 2)} ms, "
                   f"ratio **{xfmt(ratio(mixed['v2']['p50'], mixed['health']['p50']))}** (target ≤ 3x); "
                   f"{mixed['v2']['rps'] + mixed['health']['rps']:,.0f} req/s in all."]
