@@ -226,10 +226,10 @@ class Redis:
     def __init__(self, workdir):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
-            stdout=open(workdir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(workdir / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+                 "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -409,96 +409,112 @@ def retrain_under_load(service, driver, admin, args):
             "job": {"status": job["status"], "seconds": round(until - since, 1), "error": job.get("error")}}
 
 
+def start_servers(args, service, wanted, workdir, stoppers, results):
+    """The servers ``wanted`` (service, naive, bento), each with its cold start to ready."""
+    manifest = json.loads((service.model_dir / "manifest.json").read_text())
+    keras_file = service.model_dir / manifest["file"]
+    servers = {}
+    if "service" in wanted:
+        stoppers.append(service.stop)
+        servers["service"] = service.start()
+        service.register("bench", PASSWORD)
+    if "naive" in wanted:
+        env = {**os.environ, "NAIVE_MODEL": str(keras_file), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        # gunicorn.conf.py's settings, given on the command line (its hook loads the service's model).
+        peer = Peer("naive", [BENCH_BIN / "gunicorn", "--workers", "2", "--worker-class", "gthread",
+                              "--threads", "4", "--timeout", "120", "--graceful-timeout", "30",
+                              "--bind", "127.0.0.1:{port}", "naive_peer:app"], BENCH, env, "/ready", workdir)
+        stoppers.append(peer.stop)
+        servers["naive"] = peer.start()
+    if "bento" in wanted:
+        onnx_path, results["onnx"] = onnx_file(service.model_dir, keras_file, workdir)
+        env = {**os.environ, "BENTO_ONNX_MODEL": str(onnx_path), "BENTOML_HOME": str(workdir / "bentoml"),
+               "BENTOML_DO_NOT_TRACK": "true"}
+        peer = Peer("bento", [BENCH_BIN / "bentoml", "serve", "bento_service:DigitClassifier",
+                              "--host", "127.0.0.1", "--port", "{port}"], BENCH, env, "/readyz", workdir,
+                    worker_match="_bentoml_impl.worker")
+        stoppers.append(peer.stop)
+        servers["bento"] = peer.start()
+    for name, server in servers.items():
+        results["servers"][name] = {"cold_start": server.cold_start}
+    return servers
+
+
+def run_cells(args, rows, servers, service, driver, results):
+    """Every row at every concurrency, interleaved; then each server's memory after the traffic."""
+    def token():  # a fresh one per cell: a full run outlasts an access token
+        return service.token("bench", PASSWORD)["Authorization"].split()[1]
+
+    for row in rows:
+        warm_up(servers[ROWS[row][2]].url, row, token() if ROWS[row][2] == "service" else None)
+    # v2 and /health at the same time (http_bench's "under load"), at the concurrency nearest 8.
+    mixed_users = min((c for c in args.concurrency if c > 1), key=lambda c: abs(c - 8), default=None)
+    for users in args.concurrency:
+        for row in rows:
+            label, user_class, server = ROWS[row]
+            print(f"  {label:<22} {users:>3} users, {args.seconds}s ...", end="", flush=True)
+            cell = driver.run(servers[server].url, [user_class], users, args.seconds,
+                              token() if server == "service" else None)[row]
+            results["cells"][(row, users)] = cell
+            print(f" {cell['rps']:8.1f} req/s  p50 {cell['p50']:7.2f} ms  p99 {cell['p99']:7.2f} ms"
+                  f"  failures {cell['failures']}")
+        if users == mixed_users and {"v2", "health"} <= set(rows):
+            print(f"  v2 + /health at once   {users:>3} users, {args.seconds}s ...", end="", flush=True)
+            results["mixed"] = driver.run(service.url, ["V2Predict", "Health"], users, args.seconds, token())
+            results["mixed"]["users"] = users
+            print(f" p50 {results['mixed']['v2']['p50']:.2f} / {results['mixed']['health']['p50']:.2f} ms")
+    for name, server in servers.items():
+        results["servers"][name]["workers_mb"] = [rss_mb(tree(pid)) for pid in server.workers()]
+        results["servers"][name]["total_mb"] = rss_mb(tree(server.process.pid))
+
+
+def run_retrains(args, service, driver, workdir, stoppers, results):
+    """v2 during a retrain against idle: on the thread backend, then (with Redis) on the RQ backend."""
+    admin_password = "admin-password-load-1"
+    admin = service.create_admin(password=admin_password)
+    feed(service, service.token("bench", PASSWORD), args.feedback)
+    print(f"  retrain on the thread backend, {args.retrain_users} v2 users ...", flush=True)
+    results["retrain"]["thread"] = retrain_under_load(service, driver, admin, args)
+    if not shutil.which("redis-server"):
+        results["retrain"]["rq"] = None
+        print("  no redis-server on this machine: the RQ backend is not measured (`apt-get install -y redis-server`)")
+        return
+    service.stop()  # the same deployment (database, models, feedback), restarted with RETRAIN_BACKEND=rq
+    redis = Redis(workdir)
+    stoppers.append(redis.stop)
+    queue = f"retrain-load-{uuid.uuid4().hex[:8]}"
+    service.env.update({"RETRAIN_BACKEND": "rq", "REDIS_URL": redis.url, "RETRAIN_QUEUE": queue})
+    service.start()
+    with open(workdir / "rq-worker.log", "ab") as log:
+        worker = subprocess.Popen([str(service.bin / "rq"), "worker", queue, "--url", redis.url],
+                                  cwd=service.repo, env=service.env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    stoppers.append(lambda: stop_group(worker))
+    print(f"  retrain on the RQ backend, {args.retrain_users} v2 users ...", flush=True)
+    results["retrain"]["rq"] = retrain_under_load(service, driver, service.token("admin", admin_password), args)
+
+
 def main():
     args = parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="load-bench-"))
     rows = [r for r in ROWS if r in args.only]
     wanted = {ROWS[r][2] for r in rows} | ({"service"} if "retrain" in args.only else set())
     started_at = dt.datetime.now(dt.timezone.utc)
-    stoppers = []
+    results = {"cells": {}, "servers": {}, "retrain": {}, "mixed": None, "load_before": os.getloadavg()[0]}
+    stoppers = []  # called in reverse order at exit, whatever happens
 
     def on_term(*_):
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, on_term)
-    results = {"cells": {}, "servers": {}, "retrain": {}, "mixed": None, "load_before": os.getloadavg()[0]}
     try:
         service = Service(workdir / "service", args.repo, service_env(args))
         service.cli("db", "upgrade")
-        manifest = json.loads((service.model_dir / "manifest.json").read_text())
-        keras_file = service.model_dir / manifest["file"]
-        servers = {}
-        if "service" in wanted:
-            stoppers.append(service.stop)
-            servers["service"] = service.start()
-            service.register("bench", PASSWORD)
-        if "naive" in wanted:
-            env = {**os.environ, "NAIVE_MODEL": str(keras_file), "TF_CPP_MIN_LOG_LEVEL": "2"}
-            peer = Peer("naive", [BENCH_BIN / "gunicorn", "--workers", "2", "--worker-class", "gthread",
-                                  "--threads", "4", "--timeout", "120", "--graceful-timeout", "30",
-                                  "--bind", "127.0.0.1:{port}", "naive_peer:app"], BENCH, env, "/ready", workdir)
-            stoppers.append(peer.stop)
-            servers["naive"] = peer.start()
-        if "bento" in wanted:
-            onnx_path, results["onnx"] = onnx_file(service.model_dir, keras_file, workdir)
-            env = {**os.environ, "BENTO_ONNX_MODEL": str(onnx_path), "BENTOML_HOME": str(workdir / "bentoml"),
-                   "BENTOML_DO_NOT_TRACK": "true"}
-            peer = Peer("bento", [BENCH_BIN / "bentoml", "serve", "bento_service:DigitClassifier",
-                                  "--host", "127.0.0.1", "--port", "{port}"], BENCH, env, "/readyz", workdir,
-                        worker_match="_bentoml_impl.worker")
-            stoppers.append(peer.stop)
-            servers["bento"] = peer.start()
-        for name, server in servers.items():
-            results["servers"][name] = {"cold_start": server.cold_start}
-
+        servers = start_servers(args, service, wanted, workdir, stoppers, results)
         driver = Driver(workdir, args.batch_size)
-        token = lambda: service.token("bench", PASSWORD)["Authorization"].split()[1]  # noqa: E731  fresh per cell
-        for row in rows:
-            warm_up(servers[ROWS[row][2]].url, row, token() if ROWS[row][2] == "service" else None)
-        # v2 and /health at the same time (http_bench's "under load"), at the concurrency nearest 8.
-        mixed_users = min((c for c in args.concurrency if c > 1), key=lambda c: abs(c - 8), default=None)
-        for users in args.concurrency:
-            for row in rows:
-                label, user_class, server = ROWS[row]
-                print(f"  {label:<22} {users:>3} users, {args.seconds:g}s ...", end="", flush=True)
-                cell = driver.run(servers[server].url, [user_class], users, args.seconds,
-                                  token() if server == "service" else None)[row]
-                results["cells"][(row, users)] = cell
-                print(f" {cell['rps']:8.1f} req/s  p50 {cell['p50']:7.2f} ms  p99 {cell['p99']:7.2f} ms"
-                      f"  failures {cell['failures']}")
-            if users == mixed_users and {"v2", "health"} <= set(rows):
-                print(f"  v2 + /health at once   {users:>3} users, {args.seconds:g}s ...", end="", flush=True)
-                results["mixed"] = driver.run(service.url, ["V2Predict", "Health"], users, args.seconds, token())
-                results["mixed"]["users"] = users
-                print(f" p50 {results['mixed']['v2']['p50']:.2f} / {results['mixed']['health']['p50']:.2f} ms")
-        for name, server in servers.items():
-            results["servers"][name]["workers_mb"] = [rss_mb(tree(pid)) for pid in server.workers()]
-            results["servers"][name]["total_mb"] = rss_mb(tree(server.process.pid))
-
+        run_cells(args, rows, servers, service, driver, results)
         if "retrain" in args.only:
-            admin = service.create_admin(password="admin-password-load-1")
-            feed(service, service.token("bench", PASSWORD), args.feedback)
-            print(f"  retrain on the thread backend, {args.retrain_users} v2 users ...", flush=True)
-            results["retrain"]["thread"] = retrain_under_load(service, driver, admin, args)
-            service.stop()
-            if shutil.which("redis-server"):
-                redis = Redis(workdir)
-                stoppers.append(redis.stop)
-                queue = f"retrain-load-{uuid.uuid4().hex[:8]}"
-                service.env.update({"RETRAIN_BACKEND": "rq", "REDIS_URL": redis.url, "RETRAIN_QUEUE": queue})
-                service.start()
-                worker_log = open(workdir / "rq-worker.log", "ab")
-                worker = subprocess.Popen([str(service.bin / "rq"), "worker", queue, "--url", redis.url],
-                                          cwd=service.repo, env=service.env, stdout=worker_log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-                stoppers.append(lambda: stop_group(worker))
-                admin = service.token("admin", "admin-password-load-1")
-                print(f"  retrain on the RQ backend, {args.retrain_users} v2 users ...", flush=True)
-                results["retrain"]["rq"] = retrain_under_load(service, driver, admin, args)
-            else:
-                results["retrain"]["rq"] = None
-                print("  no redis-server on this machine: the RQ backend is not measured "
-                      "(`apt-get install -y redis-server`)")
+            run_retrains(args, service, driver, workdir, stoppers, results)
     except BaseException:
         print(f"\nfailed; logs are kept in {workdir}", file=sys.stderr)
         args.keep = True
@@ -543,7 +559,7 @@ def report(args, results, started_at):
     lines = [
         f"# Load benchmark, {started_at:%Y-%m-%d %H:%M} UTC",
         "",
-        f"`bench/load.py --seconds {args.seconds:g}`; service from `{args.repo}` ({commit or 'no git'}), "
+        f"`bench/load.py --seconds {args.seconds}`; service from `{args.repo}` ({commit or 'no git'}), "
         f"2 gunicorn gthread workers x 4 threads, SQLite; the naive peer with the same gunicorn settings; "
         f"BentoML 2 workers. {os.cpu_count()} cores; load average {results['load_before']:.1f} before the run "
         f"(other work on the machine), {os.getloadavg()[0]:.1f} at its end. "
@@ -616,6 +632,8 @@ def report(args, results, started_at):
                          f"{fmt(during.get('p50'), 2)} / {fmt(during.get('p99'), 2)} | "
                          f"{xfmt(ratio(during.get('p99'), idle['p99']))} | {target} | {job['status']}, "
                          f"{job['seconds']} s | {during.get('n', 0):,} ({during.get('failures', 0)} failed) |")
+            if job.get("error"):
+                lines.append(f"| | {backend} job error: {job['error']} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
