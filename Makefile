@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test test-slow install db-upgrade bench-install bench clean
+.PHONY: run test test-slow install db-upgrade bench-install bench bench-load clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: bench-install
 	$(BIN)/python bench/inference_speed.py
 	$(BIN)/python bench/http_bench.py
 	$(BIN)/python bench/feedback_loop.py
+
+# The service under load beside a naive Flask peer and BentoML (about 10-15 minutes).
+bench-load: bench-install
+	$(BIN)/python bench/load.py $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
