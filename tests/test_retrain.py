@@ -97,6 +97,11 @@ def test_retrain_succeeds_and_new_predictions_report_the_new_version(tiny_app, c
     new = next(m for m in models["models"] if m["version"] == "retrain-1")
     assert new["parent_version"] == "tiny-1" and new["active"]
     assert os.path.exists(os.path.join(tiny_app.config["MODEL_DIR"], new["file_path"]))
+    with tiny_app.app_context():  # the export serving loads was written beside it, its hash recorded
+        from app.ml.onnx_model import sha256_file
+
+        row = db.session.execute(db.select(ModelVersion).filter_by(version="retrain-1")).scalar_one()
+        assert row.onnx_sha256 == sha256_file(os.path.join(tiny_app.config["MODEL_DIR"], "retrain-1.onnx"))
     assert not [f for f in os.listdir(tiny_app.config["MODEL_DIR"]) if ".tmp" in f]
     assert wait_served(client, user, replay_digits, "retrain-1") == "retrain-1"
 
@@ -185,7 +190,7 @@ def test_exception_inside_training_fails_the_job_and_keeps_the_model(tiny_app, c
     assert client.get("/admin/models", headers=admin).get_json()["active_version"] == "tiny-1"
     with tiny_app.app_context():
         assert db.session.scalar(db.select(db.func.count(ModelVersion.id))) == 1
-    assert sorted(os.listdir(tiny_app.config["MODEL_DIR"])) == ["manifest.json", "replay.npz", "tiny.keras"]
+    assert sorted(os.listdir(tiny_app.config["MODEL_DIR"])) == ["manifest.json", "replay.npz", "tiny.keras", "tiny.onnx"]
     # The slot is free again: the next retrain is admitted.
     monkeypatch.undo()
     again = client.post("/admin/retrain", headers=admin, json={})
