@@ -74,8 +74,3 @@ def test_postgres_urls_use_psycopg3(tmp_path, monkeypatch):
     app = create_app("testing", test_config={"SQLALCHEMY_DATABASE_URI": "postgres://u:p@localhost/db"})
     assert app.config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u:p@localhost/db"
 
-
-def test_unknown_inference_backend_is_refused_at_start_up(tmp_path, monkeypatch):
-    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
-    with pytest.raises(RuntimeError, match="INFERENCE_BACKEND must be one of onnxruntime, tensorflow"):
-        create_app("testing", test_config={"INFERENCE_BACKEND": "tflite"})

@@ -122,3 +122,10 @@ def test_stratified_pick_balances_classes():
     more = _stratified_pick(y, 700, rng)  # more than the pool: everything once, then repeats
     assert len(more) == 700 and set(more.tolist()) == set(range(500))
     assert len(_stratified_pick(y, 0, rng)) == 0
+
+
+def test_configure_tensorflow_is_idempotent():
+    from app.ml.training import configure_tensorflow
+
+    first = configure_tensorflow(intra=2, inter=1)
+    assert configure_tensorflow(intra=7, inter=7) == first
