@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def model_dir(tmp_path):
     """A private copy of the shipped model folder, so tests never touch the developer's files."""
     target = tmp_path / "models"
-    shutil.copytree(SHIPPED_MODELS, target, ignore=shutil.ignore_patterns("retrain-*", "*.tmp.keras"))
+    shutil.copytree(SHIPPED_MODELS, target, ignore=shutil.ignore_patterns("retrain-*", "*.tmp.keras", "*.tmp.onnx"))
     return target
 
 

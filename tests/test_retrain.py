@@ -258,14 +258,16 @@ def test_stale_temporary_model_files_are_swept(tiny_app):
 
     folder = tiny_app.config["MODEL_DIR"]
     old = os.path.join(folder, "retrain-9.0123abcd.tmp.keras")
+    old_export = os.path.join(folder, "retrain-9.89abcdef.tmp.onnx")
     fresh = os.path.join(folder, "retrain-10.4567cdef.tmp.keras")
-    for path in (old, fresh):
+    for path in (old, old_export, fresh):
         with open(path, "wb") as fh:
             fh.write(b"half a model")
-    os.utime(old, (clock.time() - 7200, clock.time() - 7200))
-    assert sweep_stale_temp_files(folder) == 1
-    assert not os.path.exists(old) and os.path.exists(fresh)
-    assert os.path.exists(os.path.join(folder, "tiny.keras"))
+    for path in (old, old_export):
+        os.utime(path, (clock.time() - 7200, clock.time() - 7200))
+    assert sweep_stale_temp_files(folder) == 2
+    assert not os.path.exists(old) and not os.path.exists(old_export) and os.path.exists(fresh)
+    assert os.path.exists(os.path.join(folder, "tiny.keras")) and os.path.exists(os.path.join(folder, "tiny.onnx"))
 
 
 def test_an_exited_but_unreaped_runner_counts_as_dead():
