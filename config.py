@@ -111,6 +111,14 @@ class Config:
     ADMIN_EMAILS = env_list("ADMIN_EMAILS")
 
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+    # "json": one JSON object per line (for log shippers); "text" reads better in a terminal.
+    LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
+    # Prometheus metrics at /metrics. With a token, scrapers must send it as a bearer token;
+    # without one, only loopback may scrape, and production refuses every scrape.
+    METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+    METRICS_TOKEN = os.environ.get("METRICS_TOKEN") or None
+    # Recent predictions of the live version compared with its held-out digits for drift.
+    DRIFT_WINDOW = env_int("DRIFT_WINDOW", 1000)
     # Add an X-Served-By: host:pid header (load tests and benchmarks use it; off by default).
     SERVED_BY_HEADER = env_bool("SERVED_BY_HEADER", False)
     # Number of trusted proxies in front of the app (for the client address used by limits).
@@ -127,7 +135,9 @@ class Config:
 
     @classmethod
     def validate(cls, config):
-        """Hook for environments that must refuse to start on unsafe settings."""
+        """Refuse settings that cannot work; environments add their own checks."""
+        if config["LOG_FORMAT"] not in ("text", "json"):
+            raise RuntimeError(f"LOG_FORMAT must be 'text' or 'json', not {config['LOG_FORMAT']!r}")
 
 
 class Development(Config):
@@ -153,6 +163,7 @@ class Production(Config):
     @classmethod
     def validate(cls, config):
         """Refuse to start without strong secrets: a default here would be a working key."""
+        super().validate(config)
         problems = []
         for name in ("SECRET_KEY", "JWT_SECRET_KEY"):
             value = config.get(name)

@@ -4,7 +4,9 @@ Each worker loads its own model (the ONNX file, into ONNX Runtime) after the for
 watcher thread keeps it in step with the active version in the database.
 """
 
+import glob
 import os
+import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -24,6 +26,30 @@ os.environ.setdefault("INFERENCE_THREADS", str(max(1, (os.cpu_count() or 1) // w
 os.environ.setdefault("TF_INTRA_OP_THREADS", os.environ["INFERENCE_THREADS"])
 os.environ.setdefault("TF_INTER_OP_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Prometheus multiprocess mode: each worker writes its samples to files in this folder and
+# a scrape of /metrics, answered by any worker, adds them all up. It must be in the
+# environment before a worker imports prometheus_client. An RQ retrain worker on this host
+# joins in when it is started with the same PROMETHEUS_MULTIPROC_DIR.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="digit-service-metrics-")
+# With LOG_FORMAT=json the app writes its own request lines (as JSON); gunicorn's text
+# access log would interleave with them.
+if os.environ.get("LOG_FORMAT") == "json" and "GUNICORN_ACCESSLOG" not in os.environ:
+    accesslog = None
+
+
+def on_starting(server):
+    """Start counting from zero: files of an earlier run would be added to this one's."""
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges (the model it served) must leave the scrape with it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

@@ -11,14 +11,14 @@ import secrets
 from flask import Flask
 from sqlalchemy import event
 
-from app.multipart import Request
+from app.api.uploads import UploadRequest
 from config import get_config
 
 
 def create_app(config_name=None, test_config=None):
     """Build an app for ``config_name`` (default: ``APP_ENV``), with optional overrides."""
     app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
-    app.request_class = Request  # multipart bodies parsed by python-multipart (app/multipart.py)
+    app.request_class = UploadRequest  # a malformed form body is a 400, not an empty form
     config_class = get_config(config_name)
     app.config.from_object(config_class)
     if test_config:
@@ -32,6 +32,7 @@ def create_app(config_name=None, test_config=None):
 
     configure_logging(app)
     configure_proxy(app)
+    register_metrics(app)
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
@@ -86,6 +87,12 @@ def configure_proxy(app):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
 
+def register_metrics(app):
+    from app import metrics
+
+    metrics.init_app(app)
+
+
 def register_extensions(app):
     from app import security
     from app.extensions import api, bcrypt, db, jwt, limiter, mail, migrate
@@ -105,6 +112,9 @@ def register_extensions(app):
     api.init_app(app)
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    api.spec.components.security_scheme(
+        "metricsToken", {"type": "http", "scheme": "bearer", "description": "the METRICS_TOKEN setting"}
     )
 
 

@@ -13,6 +13,7 @@ from app.extensions import db
 def init_app(app):
     app.cli.add_command(create_admin)
     app.cli.add_command(status)
+    app.cli.add_command(purge_revocations)
     app.cli.add_command(model_cli)
 
 
@@ -68,6 +69,15 @@ def status():
         )
     else:
         click.echo(f"admins: {admins}")
+
+
+@click.command("purge-revocations")
+@with_appcontext
+def purge_revocations():
+    """Delete revoked-token rows whose tokens have expired (logouts also sweep some)."""
+    from app.services.accounts import purge_expired_revocations
+
+    click.echo(f"{purge_expired_revocations()} expired revocations deleted")
 
 
 model_cli = AppGroup("model", help="Train, evaluate, list and retrain digit models.")

@@ -27,10 +27,6 @@ class User(db.Model):
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    @property
-    def is_admin(self):
-        return self.role == "admin"
-
 
 class RevokedToken(db.Model):
     """A logged-out token: checked on every authenticated request."""

@@ -13,7 +13,6 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.extensions import db
-from app.ml.preprocessing import ImageRejected
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +124,6 @@ def _api_error(exc):
     return error_response(exc.status, exc.message, code=exc.code, details=exc.details, headers=exc.headers)
 
 
-def _image_rejected(exc):
-    """The preprocessing's refusals carry their own status (400, 413, 415 or 422)."""
-    return error_response(exc.http_status, str(exc), code=exc.code)
-
-
 def _schema_error(exc):
     """A body validated in a view (not by a decorator) failed its schema."""
     return error_response(422, "request validation failed", code="validation_error", details=exc.messages)
@@ -144,7 +138,6 @@ def _unexpected(exc):
 
 def register_error_handlers(app):
     app.register_error_handler(ApiError, _api_error)
-    app.register_error_handler(ImageRejected, _image_rejected)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(MarshmallowValidationError, _schema_error)
     app.register_error_handler(Exception, _unexpected)

@@ -1,6 +1,7 @@
 """Request and response schemas: validation at the edge and the OpenAPI document."""
 
 import re
+from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
@@ -8,6 +9,18 @@ USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 PASSWORD_MIN_LENGTH = 8
 # bcrypt only reads 72 bytes (bcrypt 5 raises beyond): refuse instead of silently truncating.
 PASSWORD_MAX_BYTES = 72
+# Ids are INTEGER columns (32-bit on PostgreSQL): a larger number can name no row, and
+# handing it to the database driver would overflow instead of answering.
+MAX_ID = 2**31 - 1
+
+
+class UtcDateTime(fields.DateTime):
+    """Timestamps are stored as naive UTC; the API says so with the offset (RFC 3339)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class ErrorBody(Schema):
@@ -93,8 +106,14 @@ class BatchPredictionSchema(Schema):
 
 
 class FeedbackRequestSchema(Schema):
-    prediction_id = fields.Integer(required=True, strict=True)
+    prediction_id = fields.Integer(required=True, strict=True, validate=validate.Range(1, MAX_ID))
     label = fields.Integer(required=True, strict=True, validate=validate.Range(0, 9))
+
+
+class LabelFormSchema(Schema):
+    """The ``label`` form field of a labelled upload (a string in multipart, so not strict)."""
+
+    label = fields.Integer(required=True, validate=validate.Range(0, 9))
 
 
 class FeedbackSchema(Schema):
@@ -103,12 +122,12 @@ class FeedbackSchema(Schema):
     label = fields.Integer()
     predicted = fields.Integer(allow_none=True, metadata={"description": "what the model said, if predicted"})
     model_version = fields.String(allow_none=True)
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
 
 
 class PageQuerySchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(1, MAX_ID))
     per_page = fields.Integer(load_default=20, validate=validate.Range(1, 100))
 
 
@@ -128,7 +147,43 @@ class FeedbackStatsSchema(Schema):
     live_model_error_rate = fields.Float(allow_none=True)
     live_model_feedback = fields.Integer()
     since_last_retrain = fields.Integer()
-    last_retrain_at = fields.DateTime(allow_none=True)
+    last_retrain_at = UtcDateTime(allow_none=True)
+
+
+class DriftSchema(Schema):
+    model_version = fields.String(allow_none=True, metadata={"description": "the served version the window is of"})
+    window = fields.Integer(metadata={"description": "DRIFT_WINDOW: how many recent predictions are compared"})
+    predictions = fields.Integer(metadata={"description": "recent predictions of that version in the window"})
+    digit_psi = fields.Float(allow_none=True, metadata={"description": "population stability index of the predicted "
+                             "digits against the held-out digits (<0.1 stable, >0.25 shifted)"})
+    confidence_psi = fields.Float(allow_none=True, metadata={"description": "the same for the confidence served"})
+    recent_digit_share = fields.List(fields.Float(), allow_none=True)
+    reference_digit_share = fields.List(fields.Float(), allow_none=True)
+
+
+class VersionQualitySchema(Schema):
+    model_version = fields.String()
+    predictions = fields.Integer()
+    feedback = fields.Integer(metadata={"description": "labels given on this version's predictions"})
+    wrong = fields.Integer(metadata={"description": "of those, labels that disagree with the prediction"})
+    error_rate = fields.Float(metadata={"description": "wrong / feedback: the live error-rate estimate"})
+
+
+class FeedbackDaySchema(Schema):
+    day = fields.String(metadata={"example": "2026-11-30"})
+    model_version = fields.String()
+    feedback = fields.Integer()
+    wrong = fields.Integer()
+    error_rate = fields.Float()
+
+
+class StatsSchema(Schema):
+    live_model_version = fields.String(allow_none=True)
+    drift = fields.Nested(DriftSchema)
+    versions = fields.List(fields.Nested(VersionQualitySchema))
+    predictions_per_version = fields.Dict(keys=fields.String(), values=fields.Integer())
+    feedback = fields.Nested(FeedbackStatsSchema)
+    feedback_by_day = fields.List(fields.Nested(FeedbackDaySchema), metadata={"description": "last 30 days"})
 
 
 class ModelVersionSchema(Schema):
@@ -139,8 +194,8 @@ class ModelVersionSchema(Schema):
     sha256 = fields.String()
     file_path = fields.String()
     metrics = fields.Dict()
-    created_at = fields.DateTime()
-    activated_at = fields.DateTime(allow_none=True)
+    created_at = UtcDateTime()
+    activated_at = UtcDateTime(allow_none=True)
 
 
 class ModelListSchema(Schema):
@@ -162,9 +217,9 @@ class RetrainJobSchema(Schema):
     model_version = fields.String(allow_none=True)
     base_version = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
-    created_at = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
+    created_at = UtcDateTime()
+    started_at = UtcDateTime(allow_none=True)
+    finished_at = UtcDateTime(allow_none=True)
     duration_seconds = fields.Float(allow_none=True)
 
 

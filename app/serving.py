@@ -20,6 +20,7 @@ import time
 
 from app.errors import ServiceUnavailable
 from app.extensions import db
+from app.metrics import observe_model_swap
 from app.services import model_versions
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class ModelService:
             row = model_versions.ensure_active_version()
             if row.version != self.current_version:
                 started = time.perf_counter()
+                previous = self.current_version
                 self._live = self._load(row)  # one reference assignment: atomic for readers
+                observe_model_swap(previous, row.version)
                 log.info("serving model %s (loaded in %.2fs)", row.version, time.perf_counter() - started)
         return row.version
 

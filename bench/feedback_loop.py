@@ -52,7 +52,7 @@ def evaluate(model_path, x, y):
 
 def main():
     args = parse_args()
-    from app.ml.datasets import load_mnist
+    from app.ml.datasets import as_float_images, load_mnist
     from app.ml.preprocessing import preprocess_many
 
     data = Path(args.data)
@@ -62,7 +62,7 @@ def main():
     x_printed = preprocess_many([p.read_bytes() for p, _ in held_rows])
     y_printed = np.array([label for _, label in held_rows])
     x_mnist, y_mnist = load_mnist(data / "mnist", split="test")
-    x_mnist = x_mnist.astype(np.float32) / 255.0
+    x_mnist = as_float_images(x_mnist)
 
     workdir = Path(tempfile.mkdtemp(prefix="feedback-loop-"))
     server = LiveServer(workdir, env={

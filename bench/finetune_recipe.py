@@ -74,7 +74,7 @@ def naive_fine_tune(model_path, x, y, epochs, seed):
     x, y = training._check_xy(x, y)
     return training._fit(model, x, y, epochs=epochs, batch_size=64, seed=seed,
                          aug=training.BASE_AUGMENT.scaled(training.FT_AUGMENT_SCALE),
-                         augment_mask=None, peak_lr=3e-3, warmup_frac=0.1,
+                         peak_lr=3e-3, warmup_frac=0.1,
                          label_smoothing=0.1, weight_decay=1e-4, progress=None, verbose=0)
 
 
@@ -92,7 +92,7 @@ def main():
 
     import keras
 
-    from app.ml.datasets import load_mnist
+    from app.ml.datasets import as_float_images, load_mnist
     from app.ml.jobs import run_retrain
     from app.ml.training import configure_tensorflow, fine_tune
 
@@ -103,7 +103,7 @@ def main():
     x_fb, y_fb = x_printed[:n], y_printed[:n]
     x_ho, y_ho = x_printed[n:], y_printed[n:]
     x_test, y_test = load_mnist(data / "mnist", split="test")
-    x_test = x_test.astype(np.float32) / 255.0
+    x_test = as_float_images(x_test)
     with np.load(args.replay) as replay:
         x_rp, y_rp = replay["x"], replay["y"]
         holdout = (replay["x_holdout"], replay["y_holdout"]) if "x_holdout" in replay.files else None

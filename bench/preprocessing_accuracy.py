@@ -34,7 +34,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from app.ml.preprocessing import ImageRejected, from_mnist_uint8, preprocess  # noqa: E402
+from app.ml.datasets import as_float_images  # noqa: E402
+from app.ml.preprocessing import ImageRejected, preprocess  # noqa: E402
 from bench.uploads import MNIST_DIR, load_mnist_test, make_uploads_with_kinds  # noqa: E402
 
 PRINTED_DIR = MNIST_DIR.parent / "uploads-printed"
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []  # (name, n, accuracy %, rejected, ms mean, ms p95)
 
-    pred = predict(from_mnist_uint8(x_test))
+    pred = predict(as_float_images(x_test))
     raw_acc = 100.0 * float((pred == y_test).mean())
     rows.append(("MNIST test, raw", n, raw_acc, 0, None, None))
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +247,18 @@ def wait_status(server, admin, job_id, statuses, timeout=300):
             return body
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} is {body['status']}, wanted {statuses}\n{server.log()}")
+
+
+FRESH = {"Connection": "close"}  # one request per connection: any worker may take the next
+
+
+def ask_every_worker(send, workers=2, max_requests=400):
+    """Repeat ``send()`` (a few at a time) until each of ``workers`` has answered; all answers."""
+    answers, seen = [], set()
+    with ThreadPoolExecutor(4) as pool:
+        while len(seen) < workers:
+            assert len(answers) < max_requests, f"only {seen} answered {len(answers)} requests"
+            burst = list(pool.map(lambda _: send(), range(4)))
+            answers += burst
+            seen |= {r.headers["X-Served-By"] for r in burst}
+    return answers

@@ -1,9 +1,12 @@
 """Accounts and tokens through the Flask test client (the full WSGI stack)."""
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 from app.entities import RevokedToken, User
 from app.extensions import db
+from app.services import accounts
 
 
 def test_register_login_me_refresh_logout(client, auth):
@@ -161,3 +164,31 @@ def test_login_is_rate_limited_with_retry_after(make_app):
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) > 0
     assert limited.get_json()["error"]["code"] == "rate_limited"
+
+
+def _blocklist_rows(app, *expiries):
+    """Blocklist rows for other users' old tokens, expiring at the given times."""
+    with app.app_context():
+        owner = accounts.create_user("old-timer", "old-timer-password")
+        for i, expires_at in enumerate(expiries):
+            db.session.add(RevokedToken(jti=f"old-{i}", token_type="access", user_id=owner.id, expires_at=expires_at))
+        db.session.commit()
+
+
+def test_each_logout_sweeps_expired_revocations(client, app, auth):
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    _blocklist_rows(app, now - timedelta(days=2), now - timedelta(minutes=1), now + timedelta(days=1))
+    client.post("/auth/logout", headers=auth.headers())
+    with app.app_context():
+        remaining = sorted(db.session.scalars(db.select(RevokedToken.jti)))
+    assert len(remaining) == 2 and "old-2" in remaining  # the unexpired row and the new revocation
+
+
+def test_purge_revocations_command_deletes_only_expired_rows(app, runner):
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    _blocklist_rows(app, now - timedelta(hours=1), now - timedelta(hours=2), now + timedelta(hours=1), None)
+    result = runner.invoke(args=["purge-revocations"])
+    assert result.exit_code == 0, result.output
+    assert "2 expired revocations deleted" in result.output
+    with app.app_context():
+        assert sorted(db.session.scalars(db.select(RevokedToken.jti))) == ["old-2", "old-3"]

@@ -74,3 +74,8 @@ def test_postgres_urls_use_psycopg3(tmp_path, monkeypatch):
     app = create_app("testing", test_config={"SQLALCHEMY_DATABASE_URI": "postgres://u:p@localhost/db"})
     assert app.config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u:p@localhost/db"
 
+
+def test_an_unknown_log_format_refuses_to_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="LOG_FORMAT must be 'text' or 'json'"):
+        create_app("testing", {"LOG_FORMAT": "yaml"})

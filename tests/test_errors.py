@@ -1,5 +1,35 @@
 """Every error is JSON in one shape; nothing answers with HTML."""
 
+import json
+import subprocess
+import sys
+import textwrap
+
+from support import ROOT
+
+# What a process that only builds the app (``flask db upgrade``, the CLI) must not load.
+ML_STACK = ("app.ml.preprocessing", "app.ml.kernels", "numba", "llvmlite", "cv2", "tensorflow", "keras", "tf2onnx")
+
+
+def modules_loaded_by(code):
+    script = textwrap.dedent(code) + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+def test_error_handling_and_db_upgrade_do_not_load_the_ml_stack(tmp_path):
+    loaded = modules_loaded_by("import app.errors")
+    assert not [m for m in loaded if m.startswith("app.ml") or m.split(".")[0] == "numpy"]
+    loaded = modules_loaded_by(f"""
+        import flask_migrate
+        from app import create_app
+        app = create_app("testing", {{"SQLALCHEMY_DATABASE_URI": "sqlite:///{tmp_path / 'db.sqlite3'}"}})
+        with app.app_context():
+            flask_migrate.upgrade()
+    """)
+    assert "flask_migrate" in loaded and "app.api.uploads" in loaded
+    assert not [m for m in loaded if m.split(".")[0] in ML_STACK or m in ML_STACK]
+
 
 def assert_error(response, status, code=None):
     assert response.status_code == status

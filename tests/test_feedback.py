@@ -1,6 +1,7 @@
 """Feedback rules and the admin's statistics."""
 
 import io
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -60,6 +61,31 @@ def test_bad_labels_are_422_and_nothing_stored(tiny_app, client, auth, replay_di
         assert db.session.scalar(db.select(db.func.count(Feedback.id))) == 0
 
 
+@pytest.mark.parametrize("prediction_id", [99168536603947040768, 2**31, 0, -5, "1", None])
+def test_prediction_ids_no_row_can_have_are_422(tiny_app, client, auth, prediction_id):
+    response = client.post("/api/v2/feedback", headers=auth.headers(), json={"prediction_id": prediction_id, "label": 6})
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["code"] == "validation_error"
+    with tiny_app.app_context():
+        assert db.session.scalar(db.select(db.func.count(Feedback.id))) == 0
+
+
+def test_feedback_timestamps_carry_their_utc_offset(client, auth, replay_digits):
+    x, _ = replay_digits
+    headers = auth.headers()
+    pred = predict(client, headers, mnist_png(x[1]))
+    given = client.post("/api/v2/feedback", headers=headers, json={"prediction_id": pred["prediction_id"], "label": 3})
+    listed = client.get("/api/v2/feedback", headers=headers).get_json()["items"][0]
+    for body in (given.get_json(), listed):
+        for key in ("created_at", "updated_at"):
+            assert datetime.fromisoformat(body[key]).utcoffset() == timedelta(0), body[key]
+
+
+def test_pages_beyond_any_row_are_422_not_an_overflow(client, auth):
+    response = client.get("/api/v2/feedback?page=99999999999999999999999", headers=auth.headers())
+    assert response.status_code == 422
+
+
 def test_unknown_prediction_is_404(client, auth):
     response = client.post("/api/v2/feedback", headers=auth.headers(), json={"prediction_id": 999, "label": 1})
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "prediction_not_found"
@@ -79,6 +105,10 @@ def test_labelled_upload_without_prediction(tiny_app, client, auth, replay_digit
 
 @pytest.mark.parametrize("form, status", [
     (lambda png: {"file": (io.BytesIO(png), "d.png"), "label": "12"}, 422),
+    (lambda png: {"file": (io.BytesIO(png), "d.png"), "label": "-1"}, 422),
+    (lambda png: {"file": (io.BytesIO(png), "d.png"), "label": "7.5"}, 422),
+    (lambda png: {"file": (io.BytesIO(png), "d.png"), "label": "\u00b2"}, 422),  # isdigit(), but not an int
+    (lambda png: {"file": (io.BytesIO(png), "d.png"), "label": ""}, 422),
     (lambda png: {"file": (io.BytesIO(png), "d.png")}, 422),
     (lambda png: {"label": "3"}, 415),  # a form without a file is not multipart
     (lambda png: {"file": (io.BytesIO(b"plain text"), "d.txt"), "label": "3"}, 415),

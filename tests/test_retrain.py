@@ -1,6 +1,7 @@
 """Retraining through the admin API with a tiny model: outcomes, the gate, rules, rollback."""
 
 import io
+from datetime import datetime, timedelta
 import os
 import socket
 import threading
@@ -226,6 +227,16 @@ def test_rollback_and_roll_forward(tiny_app, client, admin, auth, replay_digits)
     assert served_version(client, user, replay_digits) == job["model_version"]
     assert client.post("/admin/models/no-such/activate", headers=admin).status_code == 404
     assert client.post("/admin/models/tiny-1/activate", headers=user).status_code == 403
+    for body in client.get("/admin/models", headers=admin).get_json()["models"]:
+        for key in ("created_at", "activated_at"):  # RFC 3339: with the UTC offset
+            assert body[key] is None or datetime.fromisoformat(body[key]).utcoffset() == timedelta(0)
+    assert datetime.fromisoformat(job["finished_at"]).utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("job_id", ["99999999999999999999", "2147483648", "0"])
+def test_job_ids_no_row_can_have_are_json_404(client, admin, job_id):
+    response = client.get(f"/admin/retrain/{job_id}", headers=admin)
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
 
 
 def test_activation_refuses_a_tampered_file(tiny_app, client, admin, auth, replay_digits):

@@ -5,16 +5,18 @@ from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
 from app.schemas import (
+    MAX_ID,
     FeedbackStatsSchema,
     ModelListSchema,
     ModelVersionSchema,
     RetrainAcceptedSchema,
     RetrainJobSchema,
     RetrainRequestSchema,
+    StatsSchema,
 )
 from app.security import role_required
 from app.services import feedback as feedback_service
-from app.services import model_versions, retraining
+from app.services import model_versions, monitoring, retraining
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", description="Administration (admin role)")
 
@@ -70,6 +72,16 @@ def feedback_stats():
     return feedback_service.stats()
 
 
+@bp.get("/stats")
+@role_required("admin")
+@bp.response(200, StatsSchema)
+@bp.doc(security=ADMIN)
+def stats():
+    """The live model on real traffic: drift of recent predictions, error rate per version
+    (from users' labels, also per day), prediction and feedback counts."""
+    return monitoring.stats()
+
+
 @bp.post("/retrain")
 @role_required("admin")
 @bp.arguments(RetrainRequestSchema, required=False)
@@ -84,7 +96,7 @@ def start_retrain(data):
     return {"job_id": job.id, "status": job.status, "status_url": status_url}, 202, {"Location": status_url}
 
 
-@bp.get("/retrain/<int:job_id>")
+@bp.get(f"/retrain/<int(min=1, max={MAX_ID}):job_id>")  # any other number names no job: 404
 @role_required("admin")
 @bp.response(200, RetrainJobSchema)
 @bp.doc(security=ADMIN)

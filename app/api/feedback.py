@@ -4,9 +4,9 @@ from flask import request
 from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
 from flask_smorest import Blueprint
 
-from app.api.uploads import documents_upload_errors, read_multipart_file
+from app.api.uploads import upload_endpoint, read_multipart_file
 from app.errors import ApiError, ValidationFailed
-from app.schemas import FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, PageQuerySchema
+from app.schemas import FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
 from app.services import feedback as feedback_service
 
 bp = Blueprint("feedback", __name__, url_prefix="/api/v2", description="Feedback on predictions")
@@ -29,17 +29,10 @@ FEEDBACK_BODY = {
 }
 
 
-def _multipart_label():
-    raw = request.form.get("label", "")
-    if not raw.strip().isdigit():
-        raise ValidationFailed("label must be an integer from 0 to 9", details={"label": ["0-9"]})
-    return int(raw)
-
-
 @bp.post("/feedback")
 @jwt_required()
 @bp.response(201, FeedbackSchema)
-@documents_upload_errors(bp)
+@upload_endpoint(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=FEEDBACK_BODY)
 def give():
     """Tell the service the true digit: JSON ``{prediction_id, label}`` or multipart ``file`` + ``label``.
@@ -49,7 +42,7 @@ def give():
     user_id = int(get_jwt_identity())
     if request.mimetype.startswith("multipart/form-data"):
         upload = read_multipart_file()
-        feedback = feedback_service.give_labelled_sample(upload, _multipart_label(), user_id=user_id)
+        feedback = feedback_service.give_labelled_sample(upload, LabelFormSchema().load({"label": request.form.get("label")})["label"], user_id=user_id)
         return feedback_service.serialize(feedback)
     if not request.is_json:
         raise ApiError("send JSON or multipart/form-data", status=415, code="unsupported_media_type")

@@ -1,10 +1,12 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the Prometheus scrape."""
 
 from flask import current_app
 from flask_smorest import Blueprint
 
+from app import metrics
+from app.errors import error_response
 from app.extensions import db, limiter
-from app.schemas import HealthSchema, ReadySchema
+from app.schemas import ErrorSchema, HealthSchema, ReadySchema
 
 bp = Blueprint("health", __name__, description="Probes for load balancers and orchestrators")
 
@@ -34,3 +36,27 @@ def ready():
     ok = database == "ok" and version is not None
     body = {"status": "ready" if ok else "not_ready", "database": database, "model_version": version}
     return body, 200 if ok else 503
+
+
+@bp.get("/metrics")
+@limiter.exempt
+@bp.doc(
+    security=[{"metricsToken": []}],
+    responses={
+        "200": {"description": "Prometheus text format, summed over every worker",
+                "content": {"text/plain": {"schema": {"type": "string"}}}},
+        "403": {"description": "no or wrong METRICS_TOKEN (without one: only loopback, never in production)",
+                "content": {"application/json": {"schema": ErrorSchema}}},
+        "404": {"description": "METRICS_ENABLED is false", "content": {"application/json": {"schema": ErrorSchema}}},
+    },
+)
+def scrape():
+    """Prometheus metrics: requests, predictions, feedback, retrains, model swaps, drift."""
+    if not current_app.config["METRICS_ENABLED"]:
+        return error_response(404, "metrics are turned off (METRICS_ENABLED=false)", code="not_found")
+    if not metrics.scrape_allowed():
+        return error_response(403, "send the METRICS_TOKEN as a bearer token (without one, scrape from loopback)",
+                              code="forbidden")
+    body, content_type = metrics.scrape()
+    return current_app.response_class(body, mimetype=content_type.split(";")[0],
+                                      headers={"Content-Type": content_type})

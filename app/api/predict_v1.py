@@ -4,7 +4,7 @@ from flask import current_app
 from flask_jwt_extended import get_jwt_identity, jwt_required
 from flask_smorest import Blueprint
 
-from app.api.uploads import SINGLE_UPLOAD_BODY, documents_upload_errors, read_single_upload
+from app.api.uploads import SINGLE_UPLOAD_BODY, upload_endpoint, read_single_upload
 from app.extensions import limiter
 from app.schemas import PredictionV1Schema
 from app.services.predictions import predict_uploads
@@ -16,7 +16,7 @@ bp = Blueprint("predict_v1", __name__, url_prefix="/api/v1", description="Predic
 @jwt_required()
 @limiter.limit(lambda: current_app.config["RATELIMIT_V1_PREDICT"])
 @bp.response(200, PredictionV1Schema)
-@documents_upload_errors(bp)
+@upload_endpoint(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_BODY)
 def predict():
     """Predict the digit in an uploaded image (multipart field ``file``)."""

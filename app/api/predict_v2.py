@@ -7,7 +7,7 @@ from flask_smorest import Blueprint
 from app.api.uploads import (
     MANY_UPLOADS_BODY,
     SINGLE_UPLOAD_OR_BASE64_BODY,
-    documents_upload_errors,
+    upload_endpoint,
     read_many_uploads,
     read_single_upload,
 )
@@ -37,7 +37,7 @@ def v2_body(row):
 @jwt_required()
 @limiter.limit(_v2_limit)
 @bp.response(200, PredictionV2Schema)
-@documents_upload_errors(bp)
+@upload_endpoint(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_OR_BASE64_BODY)
 def predict():
     """Predict one image: multipart ``file`` or JSON ``{"image": "<base64>"}``."""
@@ -51,7 +51,7 @@ def predict():
 @jwt_required()
 @limiter.limit(_v2_limit)
 @bp.response(200, BatchPredictionSchema)
-@documents_upload_errors(bp)
+@upload_endpoint(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=MANY_UPLOADS_BODY)
 def predict_batch():
     """Predict up to ``BATCH_MAX_FILES`` (64) images in one inference; results keep the order sent."""

@@ -1,13 +1,43 @@
-"""Reading image uploads from a request: multipart files or JSON base64."""
+"""Reading image uploads from a request (multipart files or JSON base64), and answering
+the preprocessing's refusals of them with an HTTP status."""
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 
+import flask
 from flask import request
+from werkzeug.exceptions import BadRequest
+from werkzeug.formparser import FormDataParser
 
 from app.errors import ApiError, ValidationFailed
+from app.metrics import observe_refusal
 from app.schemas import ErrorSchema
+
+
+class _StrictFormDataParser(FormDataParser):
+    """Werkzeug's form parser, except that a body it cannot parse is a 400 that says so.
+
+    Werkzeug's default (``silent=True``) hands the view an empty form, and the client would
+    be told a field is missing when its body was cut short or named another boundary.
+    Its limits stay: more than ``MAX_FORM_PARTS`` parts or a text field over
+    ``MAX_FORM_MEMORY_SIZE`` is a 413, a body over ``MAX_CONTENT_LENGTH`` too.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, silent=False, **kwargs)
+
+    def parse(self, stream, mimetype, content_length, options=None):
+        try:
+            return super().parse(stream, mimetype, content_length, options)
+        except ValueError as exc:
+            kind = "multipart" if mimetype == "multipart/form-data" else "form"
+            raise BadRequest(f"malformed {kind} body: {exc}") from None
+
+
+class UploadRequest(flask.Request):
+    form_data_parser_class = _StrictFormDataParser
 
 
 @dataclass(frozen=True)
@@ -57,6 +87,9 @@ MANY_UPLOADS_BODY = {
 }
 
 
+# The HTTP status of each refusal of the preprocessing (``ImageRejected.code``).
+REFUSAL_STATUS = {"empty_upload": 400, "not_an_image": 415, "image_too_large": 413, "no_digit_found": 422}
+
 # The refusals every upload endpoint can answer with, for the OpenAPI document.
 UPLOAD_ERRORS = {
     400: "empty upload, malformed multipart body or invalid base64",
@@ -66,13 +99,28 @@ UPLOAD_ERRORS = {
 }
 
 
-def documents_upload_errors(blueprint):
-    """Decorator: list UPLOAD_ERRORS (with the error body) among the view's documented responses."""
+def upload_endpoint(blueprint):
+    """Decorator for the views that take images: answer the preprocessing's refusals with
+    their status (REFUSAL_STATUS) and list UPLOAD_ERRORS among the documented responses."""
 
     def decorate(view):
+        @functools.wraps(view)
+        def answering_refusals(*args, **kwargs):
+            # Imported here: the ML stack loads with the first upload, not with every
+            # process that builds the app (``flask db upgrade``).
+            from app.ml.preprocessing import ImageRejected
+
+            try:
+                return view(*args, **kwargs)
+            except ImageRejected as exc:
+                observe_refusal(exc.code)
+                raise ApiError(str(exc), status=REFUSAL_STATUS.get(exc.code, 400), code=exc.code) from exc
+
         for status, description in UPLOAD_ERRORS.items():
-            view = blueprint.alt_response(status, schema=ErrorSchema, description=description)(view)
-        return view
+            answering_refusals = blueprint.alt_response(status, schema=ErrorSchema, description=description)(
+                answering_refusals
+            )
+        return answering_refusals
 
     return decorate
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.ml.artifacts import save_model_atomic
-from app.ml.datasets import load_mnist
+from app.ml.datasets import load_mnist, stratified_sample
 from app.ml.evaluation import report
 
 REPLAY_SIZE = 2000
@@ -33,17 +33,13 @@ GATE_HOLDOUT_SIZE = 1000
 def replay_sample(x, y, n=REPLAY_SIZE, seed=0):
     """``n`` training digits, the same number of each class (as far as the data allows)."""
     rng = np.random.default_rng(seed)
-    per_class = n // 10
-    idx = np.concatenate([rng.permutation(np.flatnonzero(y == d))[:per_class] for d in range(10)])
-    idx = rng.permutation(idx)
+    idx = rng.permutation(stratified_sample(y, n // 10, rng))
     return x[idx], y[idx]
 
 
 def split_gate_holdout(x, y, n=GATE_HOLDOUT_SIZE, seed=0):
     """(x_train, y_train, x_holdout, y_holdout): ``n`` digits, balanced by class, set aside."""
-    rng = np.random.default_rng(seed + 1)
-    per_class = n // 10
-    held = np.concatenate([rng.permutation(np.flatnonzero(y == d))[:per_class] for d in range(10)])
+    held = stratified_sample(y, n // 10, np.random.default_rng(seed + 1))
     keep = np.setdiff1d(np.arange(len(y)), held)
     return x[keep], y[keep], x[held], y[held]
 

@@ -26,6 +26,28 @@ class DatasetError(ValueError):
     """A data file or folder that cannot be used for training or evaluation."""
 
 
+# --------------------------------------------------------------------------- arrays
+
+
+def as_float_images(x) -> np.ndarray:
+    """Network input: uint8 pixels scaled to float32 in [0, 1]; floats (already scaled) as float32."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    return x.astype(np.float32, copy=False)
+
+
+def stratified_sample(y, per_class, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``per_class`` random members of each class of ``y`` (all of a smaller
+    class), class by class in label order. ``per_class`` is one count for every class or
+    one count per label of ``np.unique(y)``."""
+    y = np.asarray(y)
+    labels = np.unique(y)
+    counts = np.broadcast_to(per_class, labels.shape)
+    picks = [rng.permutation(np.flatnonzero(y == label))[: int(k)] for label, k in zip(labels, counts)]
+    return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+
+
 # --------------------------------------------------------------------------- MNIST arrays
 
 
@@ -247,4 +269,4 @@ def load_labelled(path, *, for_evaluation: bool = False) -> tuple[np.ndarray, np
     if for_evaluation and Path(path).is_dir() and any(_is_test_name(f.name) for f in Path(path).iterdir()):
         split = "test"
     x, y = load_mnist(path, split=split)
-    return preprocessing.from_mnist_uint8(x), y
+    return as_float_images(x), y

@@ -6,10 +6,12 @@ from typing import Callable
 
 import numpy as np
 
+from app.ml.datasets import as_float_images
+
 
 def predictions(predict_fn: Callable[[np.ndarray], np.ndarray], x, batch_size: int = 256) -> np.ndarray:
-    """Predicted digits for float images (n, 28, 28), ``batch_size`` at a time."""
-    x = np.asarray(x, dtype=np.float32)
+    """Predicted digits for images (n, 28, 28), uint8 or float, ``batch_size`` at a time."""
+    x = as_float_images(x)
     out = [np.argmax(np.asarray(predict_fn(x[i:i + batch_size])), axis=1) for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
@@ -19,16 +21,12 @@ def accuracy(predict_fn: Callable[[np.ndarray], np.ndarray], x, y, batch_size: i
     y = np.asarray(y)
     if len(y) == 0:
         raise ValueError("no samples to evaluate on")
-    if np.asarray(x).dtype == np.uint8:
-        x = np.asarray(x, dtype=np.float32) / 255.0
     return float(np.mean(predictions(predict_fn, x, batch_size) == y))
 
 
 def report(predict_fn, x, y, batch_size: int = 256) -> dict:
     """``{"accuracy", "n"}`` plus per-digit accuracy, for model cards and job metrics."""
     y = np.asarray(y)
-    if np.asarray(x).dtype == np.uint8:
-        x = np.asarray(x, dtype=np.float32) / 255.0
     predicted = predictions(predict_fn, x, batch_size)
     per_digit = {str(d): round(float(np.mean(predicted[y == d] == d)), 4) for d in range(10) if np.any(y == d)}
     return {"accuracy": float(np.mean(predicted == y)), "n": int(len(y)), "per_digit": per_digit}

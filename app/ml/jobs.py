@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from app.ml import gate
+from app.ml.datasets import as_float_images, stratified_sample
 from app.ml.evaluation import accuracy
 from app.ml.training import fine_tune
 
@@ -38,17 +39,9 @@ def stratified_holdout(y, fraction, seed):
     A class with a single sample stays in training: there is nothing to compare it with.
     """
     y = np.asarray(y)
-    rng = np.random.default_rng(seed)
-    holdout = []
-    for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
-        k = int(round(len(members) * fraction))
-        if len(members) >= 2:
-            k = min(max(k, 1), len(members) - 1)
-        else:
-            k = 0
-        holdout.extend(members[:k].tolist())
-    holdout = np.array(sorted(holdout), dtype=np.int64)
+    _, sizes = np.unique(y, return_counts=True)
+    counts = np.where(sizes >= 2, np.clip(np.round(sizes * fraction), 1, sizes - 1), 0)
+    holdout = np.sort(stratified_sample(y, counts, np.random.default_rng(seed))).astype(np.int64)
     train = np.setdiff1d(np.arange(len(y)), holdout)
     return train, holdout
 
@@ -58,11 +51,6 @@ def split_replay(y_replay, holdout, seed=0):
     holdout = min(holdout, len(y_replay) // 2)
     train, held = stratified_holdout(y_replay, holdout / max(1, len(y_replay)), seed)
     return train, held
-
-
-def _as_float(x):
-    x = np.asarray(x)
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
 
 def _model_predict_fn(model):
@@ -102,11 +90,11 @@ def run_retrain(
     x_feedback = np.asarray(x_feedback, dtype=np.float32)
     y_feedback = np.asarray(y_feedback, dtype=np.int64)
     fb_train, fb_hold = stratified_holdout(y_feedback, FEEDBACK_HOLDOUT, seed)
-    x_replay = _as_float(x_replay)
+    x_replay = as_float_images(x_replay)
     y_replay = np.asarray(y_replay)
     if replay_holdout is not None:
         x_rp_train, y_rp_train = x_replay, y_replay
-        x_rp_hold, y_rp_hold = _as_float(replay_holdout[0]), np.asarray(replay_holdout[1])
+        x_rp_hold, y_rp_hold = as_float_images(replay_holdout[0]), np.asarray(replay_holdout[1])
     else:
         rp_train, rp_hold = split_replay(y_replay, REPLAY_HOLDOUT)
         x_rp_train, y_rp_train = x_replay[rp_train], y_replay[rp_train]

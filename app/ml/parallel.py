@@ -21,8 +21,6 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from app.ml.preprocessing import DEFAULT_MAX_PIXELS, preprocess_many, warm_up
-
 log = logging.getLogger(__name__)
 
 # What a pool that cannot start or lost a process raises (never an upload's refusal).
@@ -49,6 +47,8 @@ def _ready(parent_pid: int) -> None:
     server) cannot stop its helpers, and they would wait for work forever: each of them
     holds both ends of the task queue, so they never see it close.
     """
+    from app.ml.preprocessing import warm_up
+
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
     warm_up()  # load the compiled kernels before the first batch
 
@@ -96,7 +96,11 @@ class PreprocessPool:
             self.shutdown(wait=False)
             self.processes = 0
 
-    def preprocess_many(self, items, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    def preprocess_many(self, items, *, max_pixels: int | None = None) -> np.ndarray:
+        # Imported here: the app builds its pool without loading the preprocessing.
+        from app.ml.preprocessing import DEFAULT_MAX_PIXELS, preprocess_many
+
+        max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         if not self.enabled or len(items) < self.min_batch:
             return preprocess_many(items, max_pixels=max_pixels)
         try:

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from app.ml.datasets import as_float_images, stratified_sample
 from app.ml.network import build_model
 
 Progress = Callable[[float], None] | None
@@ -43,18 +44,10 @@ BASE_AUGMENT = Augment()
 # --------------------------------------------------------------------------- helpers
 
 
-def as_float_images(x: np.ndarray) -> np.ndarray:
-    """Network input from either uint8 MNIST pixels or already-scaled floats."""
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    return x.astype(np.float32, copy=False)
-
-
 def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = as_float_images(x)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
     y = np.asarray(y).astype(np.int32)
     if x.ndim != 3 or x.shape[1:] != (28, 28):
         raise ValueError(f"images must be (n, 28, 28), got {x.shape}")
@@ -103,23 +96,16 @@ def make_dataset(
     epochs: int,
     seed: int,
     aug: Augment | None,
-    augment_mask: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Shuffled, augmented batches for `epochs` epochs, deterministic for a seed.
-
-    `augment_mask` (bool per sample) limits augmentation to some samples (e.g. only
-    the feedback, not the replay digits); None augments all of them."""
-    n = len(x)
-    mask = np.ones(n, bool) if augment_mask is None else np.asarray(augment_mask, bool)
-    ds = tf.data.Dataset.from_tensor_slices((x, y, mask))
-    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    """Shuffled, augmented batches for `epochs` epochs, deterministic for a seed."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).repeat(epochs).enumerate()
 
     def _map(i, batch):
-        xb, yb, mb = batch
+        xb, yb = batch
         if aug is not None:
-            warped = random_affine(xb, tf.stack([tf.cast(seed, tf.int64), i]), aug)
-            xb = tf.where(mb[:, None, None], warped, xb)
+            xb = random_affine(xb, tf.stack([tf.cast(seed, tf.int64), i]), aug)
         return xb, yb
 
     return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
@@ -157,15 +143,14 @@ def _compile(model: keras.Model, schedule, label_smoothing: float, weight_decay:
     )
 
 
-def _fit(model, x, y, *, epochs, batch_size, seed, aug, augment_mask, peak_lr,
+def _fit(model, x, y, *, epochs, batch_size, seed, aug, peak_lr,
          warmup_frac, label_smoothing, weight_decay, progress, verbose):
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
     steps = math.ceil(len(x) / batch_size)
     _compile(model, _schedule(peak_lr, steps * epochs, warmup_frac), label_smoothing,
              weight_decay)
-    ds = make_dataset(x, y, batch_size=batch_size, epochs=epochs, seed=seed, aug=aug,
-                      augment_mask=augment_mask)
+    ds = make_dataset(x, y, batch_size=batch_size, epochs=epochs, seed=seed, aug=aug)
     ds = ds.map(lambda xb, yb: (xb, tf.one_hot(yb, 10)))
     callbacks = [_ProgressCallback(progress, epochs)] if progress else []
     model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
@@ -197,7 +182,7 @@ def train_base(
     keras.utils.set_random_seed(seed)
     model = build_model()
     return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed, aug=augment,
-                augment_mask=None, peak_lr=peak_lr, warmup_frac=0.2, label_smoothing=0.1,
+                peak_lr=peak_lr, warmup_frac=0.2, label_smoothing=0.1,
                 weight_decay=1e-4, progress=progress, verbose=verbose)
 
 
@@ -254,9 +239,8 @@ def fine_tune(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False  # Keras 3: also runs it in inference mode
     return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed,
-                aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), augment_mask=None,
-                peak_lr=peak_lr, warmup_frac=0.1, label_smoothing=0.1, weight_decay=1e-4,
-                progress=progress, verbose=verbose)
+                aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), peak_lr=peak_lr, warmup_frac=0.1,
+                label_smoothing=0.1, weight_decay=1e-4, progress=progress, verbose=verbose)
 
 
 def _stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -267,15 +251,11 @@ def _stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     if n >= len(y):
         extra = rng.choice(len(y), n - len(y), replace=True)
         return np.concatenate([rng.permutation(len(y)), extra])
-    classes = np.unique(y)
-    picks = []
-    per = n // len(classes)
-    left = n - per * len(classes)
-    for k, c in enumerate(rng.permutation(classes)):
-        pool = np.flatnonzero(y == c)
-        want = min(len(pool), per + (1 if k < left else 0))
-        picks.append(rng.choice(pool, want, replace=False))
-    out = np.concatenate(picks)
+    n_classes = len(np.unique(y))
+    per, left = divmod(n, n_classes)
+    # The classes that get one more are drawn at random, so no digit is always favoured.
+    counts = per + (rng.permutation(n_classes) < left)
+    out = stratified_sample(y, counts, rng)
     if len(out) < n:  # a class ran short: top up from the rest
         rest = np.setdiff1d(np.arange(len(y)), out)
         out = np.concatenate([out, rng.choice(rest, n - len(out), replace=False)])

@@ -73,6 +73,10 @@ def refresh_access_token(user_id):
     return create_access_token(identity=str(user.id), additional_claims={"role": user.role})
 
 
+# Expired blocklist rows removed by each revocation.
+REVOCATION_SWEEP = 100
+
+
 def revoke_token(jwt_payload):
     """Put a token on the blocklist until it expires (idempotent)."""
     exists = db.session.execute(db.select(RevokedToken.id).filter_by(jti=jwt_payload["jti"])).first()
@@ -91,6 +95,9 @@ def revoke_token(jwt_payload):
         db.session.commit()
     except IntegrityError:  # revoked concurrently by another request: same outcome
         db.session.rollback()
+    # Only revocations add rows, so each one sweeping a bounded batch of expired rows keeps
+    # the blocklist from growing without bound, with no scheduler to run.
+    purge_expired_revocations(limit=REVOCATION_SWEEP)
 
 
 def revoke_encoded_token(encoded, owner_id):
@@ -112,9 +119,12 @@ def get_user(user_id):
     return user
 
 
-def purge_expired_revocations(now=None):
-    """Drop blocklist rows for tokens that have expired anyway; returns how many."""
+def purge_expired_revocations(now=None, limit=None):
+    """Drop blocklist rows for tokens that have expired anyway (at most ``limit``); returns how many."""
     now = now or datetime.now(timezone.utc).replace(tzinfo=None)
-    result = db.session.execute(db.delete(RevokedToken).where(RevokedToken.expires_at < now))
+    expired = db.select(RevokedToken.id).where(RevokedToken.expires_at < now)
+    if limit is not None:
+        expired = expired.limit(limit)
+    result = db.session.execute(db.delete(RevokedToken).where(RevokedToken.id.in_(expired)))
     db.session.commit()
     return result.rowcount

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from app.entities import Feedback, Prediction, RetrainJob, utcnow
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.extensions import db
+from app.metrics import observe_feedback
 from app.services.model_versions import ensure_active_version
 from app.services.predictions import preprocess_uploads, store_images
 
@@ -34,6 +35,7 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
         feedback.label = label
         feedback.updated_at = utcnow()
         db.session.commit()
+        observe_feedback(feedback, prediction)
         return feedback, False
     feedback = Feedback(
         prediction_id=prediction.id, user_id=user_id, image_sha256=prediction.image_sha256, label=label
@@ -44,6 +46,7 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
     except IntegrityError:  # the same prediction labelled concurrently: replace instead
         db.session.rollback()
         return give_feedback(prediction_id, label, user_id=user_id, is_admin=is_admin)
+    observe_feedback(feedback, prediction)
     return feedback, True
 
 
@@ -55,6 +58,7 @@ def give_labelled_sample(upload, label, *, user_id):
     feedback = Feedback(prediction_id=None, user_id=user_id, image_sha256=digest, label=label)
     db.session.add(feedback)
     db.session.commit()
+    observe_feedback(feedback)
     return feedback
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.entities import Prediction, StoredImage
 from app.extensions import db
-from app.ml.preprocessing import ImageRejected
+from app.metrics import observe_predictions
 
 # Core inserts on the tables, built once. Same SQL and column defaults as the ORM-enabled
 # forms, without the ORM bulk-insert bookkeeping, which cost about as much as the database
@@ -55,6 +55,8 @@ def store_images(uploads):
 
 def preprocess_uploads(uploads):
     """Turn raw uploads into model inputs; the first bad one refuses the whole request."""
+    from app.ml.preprocessing import ImageRejected  # here: building the app must not load the ML stack
+
     pool = current_app.extensions["preprocess_pool"]
     try:
         return pool.preprocess_many([upload.data for upload in uploads],
@@ -96,4 +98,5 @@ def predict_uploads(uploads, *, user_id, api_version):
                          probabilities=v["probabilities"], model_version=version)
         for id_, v in zip(ids, values)
     ]
+    observe_predictions(results)
     return results, version

@@ -16,12 +16,12 @@ from sqlalchemy.exc import IntegrityError
 from app.entities import Feedback, RetrainJob, StoredImage, utcnow
 from app.errors import ApiError, Conflict, NotFound
 from app.extensions import db
+from app.metrics import observe_retrain
 from app.services import model_versions
 
 log = logging.getLogger(__name__)
 
 ACTIVE_SLOT = 1
-FINISHED = ("succeeded", "rejected", "failed")
 
 
 def runner_id():
@@ -229,6 +229,7 @@ def run_job(job_id):
     live = model_versions.ensure_active_version()
     _update(job, status="running", started_at=utcnow(), runner=runner_id(), progress=0.0,
             base_version=live.version if live else None)
+    _log_phase(job, "started", "from %s", live.version if live else None)
     try:
         # From here this process holds TensorFlow (training, the ONNX export), whether it is
         # an RQ worker, the CLI, or a web worker running a thread-backend job: that worker
@@ -240,6 +241,7 @@ def run_job(job_id):
         if live is None:
             raise RuntimeError("no active model to retrain from")
         x, y, x_replay, y_replay, replay_holdout, skipped = load_training_data()
+        _log_phase(job, "data", "%d feedback samples (%d skipped), %d replay digits", len(y), skipped, len(y_replay))
         if len(y) < config["RETRAIN_MIN_FEEDBACK"]:
             raise RuntimeError(f"only {len(y)} usable feedback samples")
         live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
@@ -255,6 +257,8 @@ def run_job(job_id):
         )
         metrics = {**result.metrics, "feedback_skipped": skipped, "forced": bool(job.force)}
         promote = result.decision.passed or job.force
+        _log_phase(job, "gated", "gate %s%s", "passed" if result.decision.passed else "failed",
+                   " (forced)" if job.force and not result.decision.passed else "")
         version = f"retrain-{job.id}"
         row = model_versions.save_version(
             result.candidate, version, parent_version=live.version, metrics=metrics,
@@ -271,10 +275,17 @@ def run_job(job_id):
         log.exception("retrain job %s failed", job_id)
         job = db.session.get(RetrainJob, job_id)
         _finish(job, "failed", error=f"{type(exc).__name__}: {exc}")
+    observe_retrain(job)
+    _log_phase(job, "finished", "%s", job.status)
     if job.status == "succeeded":
         _swap_here()
     notifications.job_finished(job)
     return job
+
+
+def _log_phase(job, phase, message, *args):
+    """One line per phase of a job, with its id (a field of its own in JSON logs)."""
+    log.info("retrain job %s %s: " + message, job.id, phase, *args, extra={"job_id": job.id, "phase": phase})
 
 
 def _swap_here():

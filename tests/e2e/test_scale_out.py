@@ -15,12 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from support import REDIS_SKIP_REASON
+from support import FRESH, REDIS_SKIP_REASON, ask_every_worker
 
 pytestmark = pytest.mark.e2e
 
 LOGIN_LIMIT = 5
-FRESH = {"Connection": "close"}  # one request per connection: any worker may take the next
 
 
 def redis_url():
@@ -64,18 +63,6 @@ def start_workers(live_server, workers=2, **kwargs):
         assert time.monotonic() < deadline, f"only {seen} answered:\n{server.log()}"
         seen.add(requests.get(server.url + "/health", headers=FRESH, timeout=10).headers["X-Served-By"])
     return server
-
-
-def ask_every_worker(send, workers=2, max_requests=400):
-    """Repeat ``send()`` (a few at a time) until each of ``workers`` has answered; all answers."""
-    answers, seen = [], set()
-    with ThreadPoolExecutor(4) as pool:
-        while len(seen) < workers:
-            assert len(answers) < max_requests, f"only {seen} answered {len(answers)} requests"
-            burst = list(pool.map(lambda _: send(), range(4)))
-            answers += burst
-            seen |= {r.headers["X-Served-By"] for r in burst}
-    return answers
 
 
 def post(server, path, **kwargs):

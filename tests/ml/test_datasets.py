@@ -9,11 +9,13 @@ from PIL import Image
 
 from app.ml.datasets import (
     DatasetError,
+    as_float_images,
     is_image_folder,
     load_image_folder,
     load_labelled,
     load_mnist,
     read_idx,
+    stratified_sample,
 )
 
 
@@ -213,3 +215,25 @@ def test_image_folder_of_real_uploads():
     x, y = load_labelled(folder)
     assert x.shape == (50, 28, 28) and x.dtype == np.float32 and np.array_equal(y, labels)
     assert (x.reshape(50, -1).max(axis=1) > 0.9).all()  # every upload yielded a digit
+
+
+def test_as_float_images_scales_uint8_and_keeps_floats():
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    fx = as_float_images(x)
+    assert fx.dtype == np.float32 and fx[0, 0, 0] == 0.0 and fx[0, -1, -1] == 1.0
+    assert np.array_equal(fx, x.astype(np.float32) / np.float32(255.0))
+    already = np.full((2, 28, 28), 0.5, np.float32)
+    assert as_float_images(already) is already
+    assert as_float_images(already.astype(np.float64)).dtype == np.float32
+
+
+def test_stratified_sample_takes_each_class_by_count():
+    y = np.array([0] * 10 + [1] * 3 + [2] * 6)
+    idx = stratified_sample(y, 4, np.random.default_rng(0))
+    assert len(set(idx.tolist())) == len(idx) == 4 + 3 + 4  # class 1 has only 3
+    assert np.bincount(y[idx]).tolist() == [4, 3, 4]
+    idx = stratified_sample(y, [1, 0, 6], np.random.default_rng(0))  # one count per label
+    assert np.bincount(y[idx], minlength=3).tolist() == [1, 0, 6]
+    again = stratified_sample(y, [1, 0, 6], np.random.default_rng(0))
+    assert np.array_equal(idx, again)
+    assert len(stratified_sample(np.array([], np.int64), 3, np.random.default_rng(0))) == 0

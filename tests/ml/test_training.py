@@ -122,6 +122,11 @@ def test_stratified_pick_balances_classes():
     more = _stratified_pick(y, 700, rng)  # more than the pool: everything once, then repeats
     assert len(more) == 700 and set(more.tolist()) == set(range(500))
     assert len(_stratified_pick(y, 0, rng)) == 0
+    uneven = _stratified_pick(y, 205, rng)  # the 5 extra go to 5 different classes
+    assert sorted(np.bincount(y[uneven], minlength=10).tolist()) == [20] * 5 + [21] * 5
+    short = np.concatenate([np.zeros(5, int), np.repeat(np.arange(1, 10), 50)])
+    topped = _stratified_pick(short, 100, rng)  # class 0 has 5 of its 10: the rest tops up
+    assert len(set(topped.tolist())) == 100 and np.bincount(short[topped])[0] == 5
 
 
 def test_configure_tensorflow_is_idempotent():

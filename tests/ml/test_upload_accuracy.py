@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.ml.preprocessing import from_mnist_uint8, preprocess
+from app.ml.datasets import as_float_images
+from app.ml.preprocessing import preprocess
 
 from support import FIXTURES, SHIPPED_MODELS
 
@@ -55,7 +56,7 @@ def test_real_mnist_digits_in_either_polarity_come_back_as_mnist(replay_digits, 
     dark = np.stack([preprocess(upscaled_png(d, dark_on_light=True)) for d in digits])
     light = np.stack([preprocess(upscaled_png(d, dark_on_light=False)) for d in digits])
     assert np.abs(dark - light).max() < 0.02  # polarity makes (next to) no difference
-    originals = from_mnist_uint8(digits)
+    originals = as_float_images(digits)
     per_digit = np.abs(dark - originals).reshape(20, -1).mean(axis=1)
     drifted = {int(i): round(float(per_digit[i]), 3) for i in np.flatnonzero(per_digit >= 0.08)}
     assert not drifted, f"replay digits far from their MNIST originals (index: mean abs diff): {drifted}"
