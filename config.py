@@ -80,12 +80,12 @@ class Config:
     MODEL_WATCH = env_bool("MODEL_WATCH", True)
     # Load and warm the model when a process starts rather than at its first prediction.
     MODEL_PRELOAD = env_bool("MODEL_PRELOAD", True)
-    # What runs the live model per request: "onnxruntime" (the Keras file converted in
-    # memory at load, about 4x less time per image) or "tensorflow" (a traced tf.function).
-    INFERENCE_BACKEND = os.environ.get("INFERENCE_BACKEND", "onnxruntime")
-    # Threads per process (0 = the library decides): TF_INTRA_OP_THREADS is what one
-    # inference call may use, for either backend (and TensorFlow's training ops). With
-    # several gunicorn workers on few cores, 1-2 per worker avoids oversubscription.
+    # Threads one batched inference call may use (0 = ONNX Runtime decides: one per core);
+    # fewer than 8 images always run on the calling thread alone. With several gunicorn
+    # workers on few cores, 1-2 per worker avoids oversubscription.
+    INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)
+    # TensorFlow's thread pools in processes that train (retrain jobs, CLI training,
+    # ONNX exports); serving never starts TensorFlow.
     TF_INTRA_OP_THREADS = env_int("TF_INTRA_OP_THREADS", 0)
     TF_INTER_OP_THREADS = env_int("TF_INTER_OP_THREADS", 0)
     RETRAIN_MIN_FEEDBACK = env_int("RETRAIN_MIN_FEEDBACK", 20)

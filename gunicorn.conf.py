@@ -1,7 +1,7 @@
 """gunicorn settings for production: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Each worker loads its own model after the fork (TensorFlow state must never be created in
-the master), then a watcher thread keeps it in step with the active version in the database.
+Each worker loads its own model (the ONNX file, into ONNX Runtime) after the fork, then a
+watcher thread keeps it in step with the active version in the database.
 """
 
 import glob
@@ -20,8 +20,10 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 # "-" is stdout; an empty value turns the access log off (gunicorn refuses "" as a path).
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 
-# Split the cores between workers so TensorFlow's pools do not oversubscribe the machine.
-os.environ.setdefault("TF_INTRA_OP_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+# Split the cores between workers so inference (and a thread-backend retrain's TensorFlow)
+# does not oversubscribe the machine.
+os.environ.setdefault("INFERENCE_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+os.environ.setdefault("TF_INTRA_OP_THREADS", os.environ["INFERENCE_THREADS"])
 os.environ.setdefault("TF_INTER_OP_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

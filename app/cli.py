@@ -111,6 +111,18 @@ def train_base(data_dir, epochs, seed, eval_dir, activate):
     click.echo(json.dumps({"model_version": row.version, "status": row.status, "metrics": row.metrics}))
 
 
+@model_cli.command("export-onnx")
+def export_onnx():
+    """Export versions saved before ONNX exports existed (workers also do it when they start)."""
+    from app.services import model_versions
+
+    done = model_versions.export_missing_onnx()
+    missing = [row.version for row in model_versions.versions_without_onnx()]
+    click.echo(json.dumps({"exported": done, "still_missing": missing}))
+    if missing:
+        sys.exit(1)
+
+
 @model_cli.command("evaluate")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
               help="MNIST-format data, or a folder of images with labels.csv")

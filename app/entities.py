@@ -95,6 +95,9 @@ class ModelVersion(db.Model):
     version: Mapped[str] = mapped_column(String(64), unique=True)
     file_path: Mapped[str] = mapped_column(String(512))
     sha256: Mapped[str] = mapped_column(String(64))
+    # The ONNX export beside the .keras file (same stem) is what serving loads; NULL until a
+    # version saved before exports existed has been exported (at the next worker start).
+    onnx_sha256: Mapped[str | None] = mapped_column(String(64))
     parent_version: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     # candidate | active | retired | rejected

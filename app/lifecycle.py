@@ -19,15 +19,16 @@ def _started_pids(app):
 
 
 def on_worker_start(app):
-    """Fail jobs whose process died, load and warm the active model and the preprocessing
-    (and start the batch preprocessing processes), start the version watcher."""
+    """Fail jobs whose process died, export versions saved before ONNX exports existed, load
+    and warm the active model and the preprocessing (and start the batch preprocessing
+    processes), start the version watcher."""
     with _lock:
         if os.getpid() in _started_pids(app):
             return
         _started_pids(app).add(os.getpid())
     from app.extensions import db
     from app.ml.preprocessing import warm_up as warm_up_preprocessing
-    from app.services.model_versions import sweep_stale_temp_files
+    from app.services.model_versions import export_missing_onnx, sweep_stale_temp_files
     from app.services.retraining import fail_interrupted_jobs
 
     service = app.extensions["model_service"]
@@ -41,6 +42,12 @@ def on_worker_start(app):
             sweep_stale_temp_files(app.config["MODEL_DIR"])
         except OSError:
             log.exception("could not sweep temporary model files")
+        try:
+            # Normally nothing to do; after an upgrade, a one-off that loads TensorFlow here.
+            export_missing_onnx()
+        except Exception:  # the versions stay unservable until it works; /ready says so
+            db.session.rollback()
+            log.exception("could not export model versions to ONNX")
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
             warm_up_preprocessing()

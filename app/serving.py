@@ -1,12 +1,16 @@
-"""The model each worker process serves, kept in step with the database.
+"""The model this process serves, kept in step with the database.
 
 The database says which version is active; every process checks that at most once per
 ``MODEL_SYNC_SECONDS`` (a background thread, so no request waits for it) and, when it
-changed, loads the new file and swaps the registry's reference. In-flight requests keep
-the model object they already hold, so a swap never blocks or fails them.
+changed, loads that version's ONNX file (``app.ml.onnx_model``: hash checked against the
+row, sessions built and warmed) outside any lock requests take, then swaps the live
+reference in one assignment. Requests read that reference once and keep the object they
+got, so a swap never blocks or fails them and each answer names the version that made it.
+A file that is missing, broken or does not match its row is refused: the previous model
+stays live.
 
-TensorFlow is imported only when a model is first needed, so CLI commands such as
-``flask db upgrade`` stay fast.
+Serving never imports TensorFlow, Keras or tf2onnx: the ONNX file was exported and checked
+when the version was saved (``app.ml.artifacts``).
 """
 
 import logging
@@ -25,7 +29,7 @@ log = logging.getLogger(__name__)
 class ModelService:
     def __init__(self):
         self.app = None
-        self.registry = None
+        self._live = None  # the OnnxModel serving now; replaced whole, never changed in place
         self._load_lock = threading.Lock()
         self._watcher_lock = threading.Lock()
         self._watcher = None
@@ -34,39 +38,27 @@ class ModelService:
         self.last_error = None
 
     def init_app(self, app):
-        from app.ml.inference import BACKENDS
-
-        if app.config["INFERENCE_BACKEND"] not in BACKENDS:  # refuse at start-up, not at first load
-            raise RuntimeError(f"INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, "
-                               f"not {app.config['INFERENCE_BACKEND']!r}")
         self.app = app
         app.extensions["model_service"] = self
 
     @property
-    def model_dir(self):
-        return self.app.config["MODEL_DIR"]
-
-    @property
     def current_version(self):
-        current = self.registry.current if self.registry else None
-        return current.version if current else None
+        live = self._live
+        return live.version if live is not None else None
 
-    def _registry(self):
-        if self.registry is None:
-            from app.ml.registry import ModelRegistry, configure_tensorflow
+    def _load(self, row):
+        from app.ml.onnx_model import OnnxModel
 
-            configure_tensorflow(
-                intra=self.app.config["TF_INTRA_OP_THREADS"], inter=self.app.config["TF_INTER_OP_THREADS"]
-            )
-            self.registry = ModelRegistry(
-                backend=self.app.config["INFERENCE_BACKEND"], threads=self.app.config["TF_INTRA_OP_THREADS"]
-            )
-        return self.registry
+        if row.onnx_sha256 is None:
+            raise RuntimeError(f"model version {row.version!r} has no ONNX export yet "
+                               "(a worker start or `flask model export-onnx` makes it)")
+        path = model_versions.onnx_path(row)
+        return OnnxModel.from_file(row.version, path, row.onnx_sha256, threads=self.app.config["INFERENCE_THREADS"])
 
     def sync(self):
         """Load the database's active version if this process serves another; return it.
 
-        Must run inside an app context. Loading happens outside any lock that requests take.
+        Must run inside an app context. On any error the previous model stays live.
         """
         row = model_versions.ensure_active_version()
         if row is None or row.version == self.current_version:
@@ -76,10 +68,9 @@ class ModelService:
             db.session.expire_all()
             row = model_versions.ensure_active_version()
             if row.version != self.current_version:
-                path = model_versions.resolve_path(self.model_dir, row.file_path)
                 started = time.perf_counter()
                 previous = self.current_version
-                self._registry().load(row.version, path, sha256=row.sha256)
+                self._live = self._load(row)  # one reference assignment: atomic for readers
                 observe_model_swap(previous, row.version)
                 log.info("serving model %s (loaded in %.2fs)", row.version, time.perf_counter() - started)
         return row.version
@@ -104,10 +95,14 @@ class ModelService:
         return self.current_version
 
     def predict(self, batch):
-        """Probabilities for a float batch (n, 28, 28) and the version that produced them."""
-        if self.ensure_loaded(quiet=True) is None:
-            raise ServiceUnavailable("no model is loaded yet", code="model_unavailable")
-        return self.registry.predict(batch)
+        """(probabilities (n, 10), version) for a float batch (n, 28, 28), from one model even mid-swap."""
+        live = self._live  # read once
+        if live is None:
+            self.ensure_loaded(quiet=True)
+            live = self._live
+            if live is None:
+                raise ServiceUnavailable("no model is loaded yet", code="model_unavailable")
+        return live.predict(batch), live.version
 
     def start_watcher(self):
         """Start this process's version watcher once (after a fork, the child starts its own)."""

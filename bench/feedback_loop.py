@@ -44,9 +44,9 @@ def parse_args():
 
 def evaluate(model_path, x, y):
     from app.ml.evaluation import accuracy
-    from app.ml.registry import ModelRegistry
+    from app.ml.onnx_model import OnnxModel, onnx_path_for
 
-    loaded = ModelRegistry().load("eval", str(model_path))
+    loaded = OnnxModel.from_file("eval", onnx_path_for(model_path), None)  # the export serving loads
     return accuracy(loaded.predict, x, y)
 
 

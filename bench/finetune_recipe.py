@@ -94,8 +94,7 @@ def main():
 
     from app.ml.datasets import as_float_images, load_mnist
     from app.ml.jobs import run_retrain
-    from app.ml.registry import configure_tensorflow
-    from app.ml.training import fine_tune
+    from app.ml.training import configure_tensorflow, fine_tune
 
     configure_tensorflow()
     data = Path(args.data)

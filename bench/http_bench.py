@@ -7,7 +7,7 @@
    at most 3x the /health median: the model adds little to the cost of a request). The
    same is measured without load too: one client alternating the two requests.
 2. Throughput: 64-image batches through ``POST /api/v2/predict/batch`` against the same
-   batches through the in-process registry (the raw model call), interleaved so that both
+   batches through the in-process ONNX model (the raw model call), interleaved so that both
    see the same machine load (target: the endpoint keeps at least 25 % of raw throughput).
    A third column does in-process what the endpoint does minus HTTP and the database:
    preprocessing (in as many processes as the server uses) plus the model call.
@@ -96,16 +96,15 @@ def throughput(server, args, headers, uploads):
     import numpy as np
 
     from app.ml.parallel import PreprocessPool
-    from app.ml.registry import ModelRegistry
+    from app.ml.onnx_model import OnnxModel
     from config import Config
 
     manifest = json.loads((server.model_dir / "manifest.json").read_text())
-    registry = ModelRegistry()
-    registry.load(manifest["version"], str(server.model_dir / manifest["file"]))
+    model = OnnxModel.from_file(manifest["version"], server.model_dir / manifest["onnx_file"], manifest["onnx_sha256"])
     pool = PreprocessPool(Config.PREPROCESS_PROCESSES, min_batch=Config.PREPROCESS_MIN_BATCH)
     pool.start()
     batch = pool.preprocess_many(uploads)
-    registry.predict(batch)  # warm
+    model.predict(batch)  # warm
     http_times, raw_times, pipeline_times = [], [], []
     files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
     for _ in range(args.batches):
@@ -114,10 +113,10 @@ def throughput(server, args, headers, uploads):
         response.raise_for_status()
         http_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        registry.predict(np.asarray(batch))
+        model.predict(np.asarray(batch))
         raw_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        registry.predict(pool.preprocess_many(uploads))
+        model.predict(pool.preprocess_many(uploads))
         pipeline_times.append(time.perf_counter() - started)
     pool.shutdown()
     n = len(uploads)

@@ -1,15 +1,14 @@
-"""In-process inference: the registry's fast path against Keras' predict, side by side.
+"""In-process inference: the served ONNX export against Keras' predict, side by side.
 
     python bench/inference_speed.py [--model models/base.keras] [--calls 200]
 
 Single images: median and p95 of ``--calls`` calls each of the fast path
-(``LoadedModel.predict``: the model converted to ONNX and run by ONNX Runtime), the
-TensorFlow runner it falls back to (a traced ``tf.function`` around
-``model(x, training=False)``, ``INFERENCE_BACKEND=tensorflow``), ``model.predict`` and
-``model.predict_on_batch``, interleaved call by call so that all see the same machine load.
-Batches of 64: images/s of the fast path, the TensorFlow runner and ``model.predict``.
-Memory: RSS before and after 30 swaps between two copies of the model file. Target: the
-fast path at least 20x faster than ``model.predict`` for one image.
+(``OnnxModel.predict``: the ``.onnx`` export beside ``--model``, run by ONNX Runtime as
+workers serve it), a traced ``tf.function`` around ``model(x, training=False)``,
+``model.predict`` and ``model.predict_on_batch``, interleaved call by call so that all see
+the same machine load. Batches of 64: images/s of the fast path, the ``tf.function`` and
+``model.predict``. Memory: RSS before and after 30 loads alternating between two copies of
+the ONNX file. Target: the fast path at least 20x faster than ``model.predict`` for one image.
 """
 
 import argparse
@@ -46,14 +45,21 @@ def main():
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
 
-    from app.ml.inference import TensorFlowRunner
-    from app.ml.registry import ModelRegistry
+    import keras
+    import tensorflow as tf
 
-    registry = ModelRegistry()
-    loaded = registry.load("bench", args.model)
-    model = loaded.model
-    tensorflow_runner = TensorFlowRunner(model)
-    print(f"fast path: {loaded.backend}")
+    from app.ml.onnx_model import OnnxModel, onnx_path_for
+
+    onnx_file = onnx_path_for(args.model)
+    loaded = OnnxModel.from_file("bench", onnx_file, None)
+    model = keras.models.load_model(args.model, compile=False)
+    traced = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)])
+    concrete = traced.get_concrete_function()
+
+    def tensorflow_runner(x):
+        return concrete(x).numpy()
+
+    print(f"fast path: ONNX Runtime on {onnx_file}")
     rng = np.random.default_rng(0)
     one = rng.random((1, 28, 28), dtype=np.float32)
     batch = rng.random((64, 28, 28), dtype=np.float32)
@@ -73,13 +79,14 @@ def main():
         batched["model.predict"].append(timed(lambda: model.predict(batch, verbose=0)))
 
     workdir = Path(tempfile.mkdtemp(prefix="swap-bench-"))
-    copies = [workdir / "a.keras", workdir / "b.keras"]
+    copies = [workdir / "a.onnx", workdir / "b.onnx"]
     for copy in copies:
-        shutil.copy(args.model, copy)
+        shutil.copy(onnx_file, copy)
     before = rss_mb()
+    live = loaded
     for i in range(30):
-        registry.load(f"v{i}", copies[i % 2])
-        registry.predict(one)
+        live = OnnxModel.from_file(f"v{i}", copies[i % 2], None)  # the previous one is freed, as in serving
+        live.predict(one)
     after = rss_mb()
     shutil.rmtree(workdir)
 
@@ -92,7 +99,7 @@ def main():
     print("\nbatch of 64")
     for name, times in batched.items():
         print(f"{name:<20}{64000 / statistics.median(times):>11.0f} images/s")
-    print(f"\nRSS across 30 model swaps: {before:.0f} MB -> {after:.0f} MB ({after - before:+.0f} MB)")
+    print(f"\nRSS across 30 model loads: {before:.0f} MB -> {after:.0f} MB ({after - before:+.0f} MB)")
     ratio = statistics.median(single["model.predict"]) / fast
     print(f"fast path is {ratio:.1f}x faster than model.predict for one image (target >= 20x)")
     return 0 if ratio >= 20 else 1

@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def model_dir(tmp_path):
     """A private copy of the shipped model folder, so tests never touch the developer's files."""
     target = tmp_path / "models"
-    shutil.copytree(SHIPPED_MODELS, target, ignore=shutil.ignore_patterns("retrain-*", "*.tmp.keras"))
+    shutil.copytree(SHIPPED_MODELS, target, ignore=shutil.ignore_patterns("retrain-*", "*.tmp.keras", "*.tmp.onnx"))
     return target
 
 
@@ -162,10 +162,11 @@ def tiny_model_source(tmp_path_factory, replay_digits):
     bias = np.zeros_like(bias)
     bias[0] = 5.0
     probs.set_weights([np.zeros_like(kernel), bias])
-    _path, sha256 = save_model_atomic(model, str(folder), "tiny.keras")
+    saved = save_model_atomic(model, str(folder), "tiny.keras")
     x, y = replay_digits
     np.savez_compressed(folder / "replay.npz", x=x[:600], y=y[:600])
-    (folder / "manifest.json").write_text(json.dumps({"version": "tiny-1", "file": "tiny.keras", "sha256": sha256,
+    (folder / "manifest.json").write_text(json.dumps({"version": "tiny-1", "file": "tiny.keras", "sha256": saved.sha256,
+                                                      "onnx_file": "tiny.onnx", "onnx_sha256": saved.onnx_sha256,
                                                       "metrics": {"note": "always answers 0"}}))
     return folder
 

@@ -133,7 +133,7 @@ class LiveServer:
         self.model_dir = self.workdir / "models"
         if not self.model_dir.exists():
             shutil.copytree(model_source or SHIPPED_MODELS, self.model_dir,
-                            ignore=shutil.ignore_patterns("retrain-*", "*.tmp.keras"))
+                            ignore=shutil.ignore_patterns("retrain-*", "*.tmp.keras", "*.tmp.onnx"))
         self.database_url = database_url or f"sqlite:///{self.workdir / 'live.sqlite3'}"
         self.port = None
         self.process = None

@@ -75,12 +75,6 @@ def test_postgres_urls_use_psycopg3(tmp_path, monkeypatch):
     assert app.config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u:p@localhost/db"
 
 
-def test_unknown_inference_backend_is_refused_at_start_up(tmp_path, monkeypatch):
-    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
-    with pytest.raises(RuntimeError, match="INFERENCE_BACKEND must be one of onnxruntime, tensorflow"):
-        create_app("testing", test_config={"INFERENCE_BACKEND": "tflite"})
-
-
 def test_an_unknown_log_format_refuses_to_start(tmp_path, monkeypatch):
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="LOG_FORMAT must be 'text' or 'json'"):

@@ -43,3 +43,46 @@ def test_models_match_migrations(app):
     with app.app_context(), db.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, db.metadata) == []
+
+
+def test_0002_adds_the_onnx_hash_and_the_cli_exports_versions_saved_before_it(tmp_path, model_dir):
+    """An install upgraded from 0001: its versions have no ONNX file until one is exported."""
+    import json
+    import os
+
+    from app.ml.onnx_model import sha256_file
+
+    os.remove(model_dir / "base.onnx")  # saved before exports existed
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    db_path = tmp_path / "old.sqlite3"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_path}", "INSTANCE_PATH": str(tmp_path),
+           "APP_ENV": "development", "MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert flask_cli("db", "upgrade", "0001_initial", env=env).returncode == 0
+    engine = sa.create_engine(f"sqlite:///{db_path}")
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO model_versions (version, file_path, sha256, metrics, status, created_at, activated_at) "
+            "VALUES ('base-1', 'base.keras', :sha, '{}', 'active', '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
+        ), {"sha": manifest["sha256"]})
+
+    up = flask_cli("db", "upgrade", env=env)
+    assert up.returncode == 0, up.stderr
+    columns = {c["name"]: c for c in sa.inspect(engine).get_columns("model_versions")}
+    assert columns["onnx_sha256"]["nullable"]
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT version, onnx_sha256 FROM model_versions")).all() == [("base-1", None)]
+
+    export = flask_cli("model", "export-onnx", env=env)
+    assert export.returncode == 0, export.stderr
+    assert json.loads(export.stdout.strip().splitlines()[-1]) == {"exported": ["base-1"], "still_missing": []}
+    assert "exporting model version base-1 to ONNX" in export.stderr
+    with engine.connect() as connection:
+        recorded = connection.execute(sa.text("SELECT onnx_sha256 FROM model_versions")).scalar_one()
+    assert recorded == sha256_file(model_dir / "base.onnx")
+
+    down = flask_cli("db", "downgrade", "0001_initial", env=env)
+    assert down.returncode == 0, down.stderr
+    assert "onnx_sha256" not in {c["name"] for c in sa.inspect(engine).get_columns("model_versions")}
+    with engine.connect() as connection:  # the rows survive the batch-mode table rebuild
+        assert connection.execute(sa.text("SELECT version FROM model_versions")).scalars().all() == ["base-1"]
+    engine.dispose()

@@ -222,7 +222,7 @@ def test_racing_activations_leave_exactly_one_active_version(app, monkeypatch):
     each retire only the version it saw and leave two active, nor let them deadlock. Several
     rounds, because each one moves the updated rows within the table (the lock order that
     used to deadlock)."""
-    from app.ml import artifacts
+    from app.ml import onnx_model
     from app.services import model_versions
 
     names = [f"race-{i}" for i in range(6)]
@@ -231,18 +231,18 @@ def test_racing_activations_leave_exactly_one_active_version(app, monkeypatch):
         base_version = base.version
         for name in names:
             db.session.add(ModelVersion(version=name, file_path=base.file_path, sha256=base.sha256,
-                                        parent_version=base.version, metrics={}))
+                                        onnx_sha256=base.onnx_sha256, parent_version=base.version, metrics={}))
         db.session.commit()
 
     all_checked = threading.Barrier(len(names), timeout=30)
-    hash_file = artifacts.sha256_file
+    hash_file = onnx_model.sha256_file
 
     def hash_then_wait_for_the_others(path):
         digest = hash_file(path)
         all_checked.wait()  # every activation updates the table at the same moment
         return digest
 
-    monkeypatch.setattr(artifacts, "sha256_file", hash_then_wait_for_the_others)
+    monkeypatch.setattr(onnx_model, "sha256_file", hash_then_wait_for_the_others)
 
     def activate(name):
         with app.app_context():

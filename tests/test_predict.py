@@ -222,19 +222,6 @@ def test_ready_reports_the_model(client):
     assert response.get_json() == {"status": "ready", "database": "ok", "model_version": "base-1"}
 
 
-def test_both_inference_backends_serve_the_same_answer(make_app, digit):
-    bodies = {}
-    for backend in ("onnxruntime", "tensorflow"):
-        app = make_app(INFERENCE_BACKEND=backend)
-        client = app.test_client()
-        response = client.post("/api/v2/predict", headers=AuthActions(client, app).headers(), data=upload(digit[0]))
-        assert app.extensions["model_service"].registry.current.backend == backend
-        bodies[backend] = response.get_json()
-    onnx, tf = bodies["onnxruntime"], bodies["tensorflow"]
-    assert onnx["prediction"] == tf["prediction"] == digit[1]
-    assert max(abs(a - b) for a, b in zip(onnx["probabilities"], tf["probabilities"])) < 1e-4
-
-
 def test_ready_is_503_without_a_model(make_app, tmp_path):
     empty = tmp_path / "no-models"
     empty.mkdir()

@@ -98,6 +98,11 @@ def test_retrain_succeeds_and_new_predictions_report_the_new_version(tiny_app, c
     new = next(m for m in models["models"] if m["version"] == "retrain-1")
     assert new["parent_version"] == "tiny-1" and new["active"]
     assert os.path.exists(os.path.join(tiny_app.config["MODEL_DIR"], new["file_path"]))
+    with tiny_app.app_context():  # the export serving loads was written beside it, its hash recorded
+        from app.ml.onnx_model import sha256_file
+
+        row = db.session.execute(db.select(ModelVersion).filter_by(version="retrain-1")).scalar_one()
+        assert row.onnx_sha256 == sha256_file(os.path.join(tiny_app.config["MODEL_DIR"], "retrain-1.onnx"))
     assert not [f for f in os.listdir(tiny_app.config["MODEL_DIR"]) if ".tmp" in f]
     assert wait_served(client, user, replay_digits, "retrain-1") == "retrain-1"
 
@@ -186,7 +191,7 @@ def test_exception_inside_training_fails_the_job_and_keeps_the_model(tiny_app, c
     assert client.get("/admin/models", headers=admin).get_json()["active_version"] == "tiny-1"
     with tiny_app.app_context():
         assert db.session.scalar(db.select(db.func.count(ModelVersion.id))) == 1
-    assert sorted(os.listdir(tiny_app.config["MODEL_DIR"])) == ["manifest.json", "replay.npz", "tiny.keras"]
+    assert sorted(os.listdir(tiny_app.config["MODEL_DIR"])) == ["manifest.json", "replay.npz", "tiny.keras", "tiny.onnx"]
     # The slot is free again: the next retrain is admitted.
     monkeypatch.undo()
     again = client.post("/admin/retrain", headers=admin, json={})
@@ -264,14 +269,16 @@ def test_stale_temporary_model_files_are_swept(tiny_app):
 
     folder = tiny_app.config["MODEL_DIR"]
     old = os.path.join(folder, "retrain-9.0123abcd.tmp.keras")
+    old_export = os.path.join(folder, "retrain-9.89abcdef.tmp.onnx")
     fresh = os.path.join(folder, "retrain-10.4567cdef.tmp.keras")
-    for path in (old, fresh):
+    for path in (old, old_export, fresh):
         with open(path, "wb") as fh:
             fh.write(b"half a model")
-    os.utime(old, (clock.time() - 7200, clock.time() - 7200))
-    assert sweep_stale_temp_files(folder) == 1
-    assert not os.path.exists(old) and os.path.exists(fresh)
-    assert os.path.exists(os.path.join(folder, "tiny.keras"))
+    for path in (old, old_export):
+        os.utime(path, (clock.time() - 7200, clock.time() - 7200))
+    assert sweep_stale_temp_files(folder) == 2
+    assert not os.path.exists(old) and not os.path.exists(old_export) and os.path.exists(fresh)
+    assert os.path.exists(os.path.join(folder, "tiny.keras")) and os.path.exists(os.path.join(folder, "tiny.onnx"))
 
 
 def test_an_exited_but_unreaped_runner_counts_as_dead():

@@ -5,7 +5,8 @@ recipe), measures it on the test files when the folder has them, and writes, eac
 atomically: ``base.keras``, ``replay.npz`` (a stratified sample of the training digits that
 retraining mixes with feedback so that the model does not forget MNIST, plus 1,000
 digits the base model never trained on, on which the promotion gate checks forgetting) and
-``manifest.json`` (version, file, sha256, metrics) that the service registers on first use.
+``manifest.json`` (version, files, sha256s, metrics) that the service registers on first use;
+``base.onnx``, the export serving loads, is written and checked beside ``base.keras``.
 """
 
 from __future__ import annotations
@@ -71,14 +72,16 @@ def ship(model, out_dir, *, x_train, y_train, x_holdout, y_holdout, metrics, ver
     """Write model, replay sample (with the gate's hold-out digits) and manifest into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path, sha256 = save_model_atomic(model, str(out), "base.keras")
+    saved = save_model_atomic(model, str(out), "base.keras")
     x_replay, y_replay = replay_sample(x_train, y_train, seed=seed)
     write_replay_atomic(out / "replay.npz", x_replay, y_replay, x_holdout, y_holdout)
     manifest = {
         "version": version,
         "file": "base.keras",
-        "sha256": sha256,
-        "size_bytes": os.path.getsize(path),
+        "sha256": saved.sha256,
+        "size_bytes": os.path.getsize(saved.path),
+        "onnx_file": os.path.basename(saved.onnx_path),
+        "onnx_sha256": saved.onnx_sha256,
         "parameters": int(model.count_params()),
         "trained_on": f"{len(y_train)} MNIST training digits (train-10k.npz less the gate hold-out)",
         "epochs": epochs,

@@ -260,3 +260,24 @@ def _stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
         rest = np.setdiff1d(np.arange(len(y)), out)
         out = np.concatenate([out, rng.choice(rest, n - len(out), replace=False)])
     return rng.permutation(out)
+
+
+_tf_threads: tuple[int, int] | None = None
+
+
+def configure_tensorflow(intra: int | None = None, inter: int | None = None) -> tuple[int, int]:
+    """Size TensorFlow's thread pools once per training process, before its runtime starts
+    (later calls are no-ops), so training beside serving workers does not oversubscribe the
+    cores. Returns the (intra, inter) values in force (0 = TensorFlow's own choice)."""
+    global _tf_threads
+    if _tf_threads is None:
+        try:
+            if intra is not None:
+                tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+            if inter is not None:
+                tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+        except RuntimeError:  # the runtime already started (e.g. a model was loaded): keep its pools
+            pass
+        _tf_threads = (tf.config.threading.get_intra_op_parallelism_threads(),
+                       tf.config.threading.get_inter_op_parallelism_threads())
+    return _tf_threads

@@ -21,6 +21,13 @@ def resolve_path(model_dir, file_path):
     return file_path if os.path.isabs(file_path) else os.path.join(model_dir, file_path)
 
 
+def onnx_path(row):
+    """The version's ONNX export: beside its .keras file, same stem."""
+    from app.ml.onnx_model import onnx_path_for
+
+    return onnx_path_for(resolve_path(current_app.config["MODEL_DIR"], row.file_path))
+
+
 def sweep_stale_temp_files(model_dir, older_than_seconds=3600):
     """Remove temporary model files left by a process killed mid-save; returns how many.
 
@@ -29,11 +36,13 @@ def sweep_stale_temp_files(model_dir, older_than_seconds=3600):
     """
     import time
 
+    from app.ml.artifacts import TEMP_SUFFIXES
+
     removed = 0
     cutoff = time.time() - older_than_seconds
     for name in os.listdir(model_dir) if os.path.isdir(model_dir) else []:
         path = os.path.join(model_dir, name)
-        if name.endswith(".tmp.keras") and os.path.getmtime(path) < cutoff:
+        if name.endswith(TEMP_SUFFIXES) and os.path.getmtime(path) < cutoff:
             os.remove(path)
             removed += 1
     if removed:
@@ -80,6 +89,7 @@ def register_shipped_model(model_dir):
         version=manifest["version"],
         file_path=manifest["file"],
         sha256=manifest["sha256"],
+        onnx_sha256=manifest.get("onnx_sha256"),  # older folders have none: exported at start-up
         parent_version=None,
         metrics=manifest.get("metrics", {}),
         status="active",
@@ -95,14 +105,15 @@ def register_shipped_model(model_dir):
 
 
 def save_version(model, version, *, parent_version, metrics, status="candidate"):
-    """Write ``model`` atomically into MODEL_DIR and record it; the file is complete or absent."""
+    """Write ``model`` and its ONNX export atomically into MODEL_DIR and record them; each
+    file is complete and checked, or absent."""
     from app.ml.artifacts import save_model_atomic
 
     model_dir = current_app.config["MODEL_DIR"]
-    path, sha256 = save_model_atomic(model, model_dir, f"{version}.keras")
+    saved = save_model_atomic(model, model_dir, f"{version}.keras")
     row = ModelVersion(
-        version=version, file_path=os.path.relpath(path, model_dir), sha256=sha256,
-        parent_version=parent_version, metrics=metrics, status=status,
+        version=version, file_path=os.path.relpath(saved.path, model_dir), sha256=saved.sha256,
+        onnx_sha256=saved.onnx_sha256, parent_version=parent_version, metrics=metrics, status=status,
     )
     db.session.add(row)
     db.session.commit()
@@ -120,8 +131,9 @@ def train_base_version(data_dir, *, epochs=None, seed=0, eval_dir=None, activate
     """Train a model from scratch on MNIST-format data and register it (the CLI's train-base)."""
     from app.ml.datasets import load_labelled, load_mnist
     from app.ml.evaluation import accuracy
-    from app.ml.training import train_base
+    from app.ml.training import configure_tensorflow, train_base
 
+    configure_tensorflow(current_app.config["TF_INTRA_OP_THREADS"], current_app.config["TF_INTER_OP_THREADS"])
     ensure_active_version()  # the shipped model keeps its name, the new one follows it
     x, y = load_mnist(data_dir)
     kwargs = {"seed": seed, "progress": progress}
@@ -143,13 +155,16 @@ def evaluate_version(data_dir, *, version=None):
     """Accuracy of a version (default: active) on labelled data, through the API's preprocessing."""
     from app.ml.datasets import load_labelled
     from app.ml.evaluation import accuracy
-    from app.ml.registry import ModelRegistry
+    from app.ml.onnx_model import OnnxModel
 
     row = get_version(version) if version else ensure_active_version()
     if row is None:
         raise NotFound("no model version to evaluate", code="model_version_not_found")
+    if row.onnx_sha256 is None:
+        raise Conflict(f"model version {row.version!r} has no ONNX export yet (run `flask model export-onnx`)",
+                       code="model_file_missing")
     x, y = load_labelled(data_dir, for_evaluation=True)
-    loaded = ModelRegistry().load(row.version, resolve_path(current_app.config["MODEL_DIR"], row.file_path), sha256=row.sha256)
+    loaded = OnnxModel.from_file(row.version, onnx_path(row), row.onnx_sha256)  # the file serving loads
     return {"accuracy": accuracy(loaded.predict, x, y), "n": int(len(y)), "model_version": row.version}
 
 
@@ -158,18 +173,22 @@ def activate_version(version, *, commit=True):
 
     One transaction retires the previous active row and activates this one; workers pick
     the change up on their next check. The file must exist and match its sha256, else
-    nothing changes. ``commit=False`` lets a caller commit it with its own changes.
+    nothing changes; the same holds for its ONNX export, which is what workers load.
+    ``commit=False`` lets a caller commit it with its own changes.
     """
     row = get_version(version)
     if row.status == "active":
         return row
-    path = resolve_path(current_app.config["MODEL_DIR"], row.file_path)
-    if not os.path.exists(path):
-        raise Conflict(f"model file for {version!r} is missing", code="model_file_missing")
-    from app.ml.artifacts import sha256_file
+    from app.ml.onnx_model import sha256_file
 
-    if sha256_file(path) != row.sha256:  # workers would refuse it: refuse here, visibly
-        raise Conflict(f"model file for {version!r} does not match its recorded sha256", code="model_file_corrupt")
+    files = [(resolve_path(current_app.config["MODEL_DIR"], row.file_path), row.sha256),
+             (onnx_path(row), row.onnx_sha256)]
+    for path, recorded in files:
+        if recorded is None or not os.path.exists(path):
+            raise Conflict(f"model file {os.path.basename(path)} for {version!r} is missing", code="model_file_missing")
+        if sha256_file(path) != recorded:  # workers would refuse it: refuse here, visibly
+            raise Conflict(f"model file {os.path.basename(path)} for {version!r} does not match its recorded sha256",
+                           code="model_file_corrupt")
     # Activations take turns: under PostgreSQL's READ COMMITTED, two of them at once would
     # each retire only the active row they saw and leave two active. Locking the (few)
     # version rows first makes the second wait and then see the first one's result. They
@@ -186,3 +205,53 @@ def activate_version(version, *, commit=True):
         db.session.commit()
         log.info("model version %s activated", version)
     return row
+
+
+def versions_without_onnx():
+    """Versions whose ONNX export is not recorded or not on disk (saved before exports existed)."""
+    return [row for row in list_versions() if row.onnx_sha256 is None or not os.path.exists(onnx_path(row))]
+
+
+def export_missing_onnx():
+    """Export every version that has a .keras file but no ONNX file yet; returns the versions done.
+
+    A one-off for versions saved before exports existed, run at worker start and by
+    ``flask model export-onnx``. It imports TensorFlow (tf2onnx) in this process, which
+    serving otherwise never does. Exports take turns through a lock file in MODEL_DIR so
+    that workers starting together export each file once and the row names the file that
+    stays (a row lock as well across hosts on PostgreSQL).
+    """
+    import fcntl
+
+    ensure_active_version()  # a fresh install registers the shipped model first
+    if not versions_without_onnx():
+        return []
+    from app.ml.artifacts import export_onnx_atomic
+
+    model_dir = current_app.config["MODEL_DIR"]
+    done = []
+    with open(os.path.join(model_dir, ".onnx-export.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            db.session.expire_all()
+            db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
+            for row in versions_without_onnx():  # re-read under the locks: another process may have done it
+                keras_path = resolve_path(model_dir, row.file_path)
+                if not os.path.exists(keras_path):
+                    log.error("model version %s: %s is missing, cannot export it to ONNX", row.version, keras_path)
+                    continue
+                log.warning("exporting model version %s to ONNX (loads TensorFlow into process %d)",
+                            row.version, os.getpid())
+                try:
+                    _path, row.onnx_sha256 = export_onnx_atomic(keras_path)
+                except Exception:  # one bad file must not keep the others from serving
+                    log.exception("could not export model version %s to ONNX", row.version)
+                    continue
+                done.append(row.version)
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return done

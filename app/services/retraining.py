@@ -220,7 +220,6 @@ def load_training_data():
 
 def run_job(job_id):
     """Run one job to its end: succeeded (new version live), rejected (gate said no) or failed."""
-    from app.ml.jobs import run_retrain
     from app.services import notifications
 
     job = db.session.get(RetrainJob, job_id)
@@ -232,6 +231,13 @@ def run_job(job_id):
             base_version=live.version if live else None)
     _log_phase(job, "started", "from %s", live.version if live else None)
     try:
+        # From here this process holds TensorFlow (training, the ONNX export), whether it is
+        # an RQ worker, the CLI, or a web worker running a thread-backend job: that worker
+        # keeps it until it restarts. Serving alone never imports it.
+        from app.ml.jobs import run_retrain
+        from app.ml.training import configure_tensorflow
+
+        configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
         if live is None:
             raise RuntimeError("no active model to retrain from")
         x, y, x_replay, y_replay, replay_holdout, skipped = load_training_data()

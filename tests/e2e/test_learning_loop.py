@@ -12,19 +12,30 @@ from support import FIXTURES, LOOP_ENV, feed, mnist_png, wait_status
 
 pytestmark = pytest.mark.e2e
 
+def mapped_libraries(pid):
+    with open(f"/proc/{pid}/maps") as fh:
+        return {line.split()[-1] for line in fh if "/" in line}
+
+
 def test_fifty_real_test_digits_over_http(live_server):
-    server = live_server()
+    server = live_server(env={"SERVED_BY_HEADER": "true"})
     headers = server.register("reader")
     with open(FIXTURES / "mnist50" / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))
-    right = 0
+    right, workers = 0, set()
     for row in rows:
         data = (FIXTURES / "mnist50" / row["file"]).read_bytes()
         response = requests.post(server.url + "/api/v2/predict", headers=headers, timeout=30,
                                  files={"file": (row["file"], data)})
         assert response.status_code == 200, response.text
         right += response.json()["prediction"] == int(row["label"])
+        workers.add(int(response.headers["X-Served-By"].rsplit(":", 1)[1]))
     assert len(rows) == 50 and right >= 48
+    # The worker that served them runs the ONNX export and never loaded TensorFlow.
+    for pid in workers:
+        libraries = mapped_libraries(pid)
+        assert any("onnxruntime" in path for path in libraries)
+        assert not [path for path in libraries if "tensorflow" in path]
 
 
 def test_hot_swap_under_load_in_every_worker(live_server, tiny_model_source, replay_digits):

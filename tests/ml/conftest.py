@@ -39,7 +39,7 @@ def build_tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_trained_model(tmp_path_factory, ml_digits):
-    """(path, sha256) of a tiny model trained 1 epoch on 200 shipped digits, saved atomically."""
+    """The ``SavedModel`` (.keras and .onnx) of a tiny model trained 1 epoch on 200 shipped digits."""
     import keras
 
     from app.ml.artifacts import save_model_atomic

@@ -127,3 +127,10 @@ def test_stratified_pick_balances_classes():
     short = np.concatenate([np.zeros(5, int), np.repeat(np.arange(1, 10), 50)])
     topped = _stratified_pick(short, 100, rng)  # class 0 has 5 of its 10: the rest tops up
     assert len(set(topped.tolist())) == 100 and np.bincount(short[topped])[0] == 5
+
+
+def test_configure_tensorflow_is_idempotent():
+    from app.ml.training import configure_tensorflow
+
+    first = configure_tensorflow(intra=2, inter=1)
+    assert configure_tensorflow(intra=7, inter=7) == first

@@ -1,4 +1,4 @@
-"""Real digits through the serving path: preprocessing, then the shipped model in a registry.
+"""Real digits through the serving path: preprocessing, then the shipped model as workers serve it.
 
 Uses only what the repository ships (``models/``, ``tests/fixtures/mnist50``), never
 ``/work/shared``.
@@ -19,27 +19,24 @@ from support import FIXTURES, SHIPPED_MODELS
 
 
 @pytest.fixture(scope="module")
-def shipped_registry():
-    """The shipped model, loaded (hash-checked against its manifest) as the service does."""
-    from app.ml.registry import ModelRegistry
+def shipped_model():
+    """The shipped ONNX export, loaded (hash-checked against its manifest) as the service does."""
+    from app.ml.onnx_model import OnnxModel
 
     manifest = json.loads((SHIPPED_MODELS / "manifest.json").read_text())
-    registry = ModelRegistry()
-    registry.load(manifest["version"], SHIPPED_MODELS / manifest["file"], sha256=manifest["sha256"])
-    return registry, manifest["version"]
+    return OnnxModel.from_file(manifest["version"], SHIPPED_MODELS / manifest["onnx_file"], manifest["onnx_sha256"])
 
 
-def test_shipped_model_reads_the_mnist50_uploads(shipped_registry):
+def test_shipped_model_reads_the_mnist50_uploads(shipped_model):
     """50 realistic uploads of MNIST test digits: at least 48 must be read right."""
-    registry, version = shipped_registry
     folder = FIXTURES / "mnist50"
     with open(folder / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 50
     x = np.stack([preprocess((folder / row["file"]).read_bytes()) for row in rows])
     y = np.array([int(row["label"]) for row in rows])
-    probs, served_by = registry.predict(x)
-    assert served_by == version and probs.shape == (50, 10)
+    probs = shipped_model.predict(x)
+    assert probs.shape == (50, 10)
     predicted = probs.argmax(axis=1)
     wrong = [(rows[i]["file"], int(y[i]), int(predicted[i])) for i in np.flatnonzero(predicted != y)]
     assert len(wrong) <= 2, f"{50 - len(wrong)}/50 right; (file, label, predicted): {wrong}"
@@ -53,8 +50,7 @@ def upscaled_png(digit_uint8, dark_on_light):
     return buffer.getvalue()
 
 
-def test_real_mnist_digits_in_either_polarity_come_back_as_mnist(replay_digits, shipped_registry):
-    registry, _ = shipped_registry
+def test_real_mnist_digits_in_either_polarity_come_back_as_mnist(replay_digits, shipped_model):
     x, y = replay_digits
     digits, labels = x[:20], y[:20]
     dark = np.stack([preprocess(upscaled_png(d, dark_on_light=True)) for d in digits])
@@ -65,4 +61,4 @@ def test_real_mnist_digits_in_either_polarity_come_back_as_mnist(replay_digits, 
     drifted = {int(i): round(float(per_digit[i]), 3) for i in np.flatnonzero(per_digit >= 0.08)}
     assert not drifted, f"replay digits far from their MNIST originals (index: mean abs diff): {drifted}"
     assert np.abs(originals[0] - originals[1]).mean() > 0.1  # (different digits are far apart)
-    assert (registry.predict(dark)[0].argmax(axis=1) == labels).mean() >= 0.95
+    assert (shipped_model.predict(dark).argmax(axis=1) == labels).mean() >= 0.95
