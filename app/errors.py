@@ -125,9 +125,12 @@ def _api_error(exc):
     return error_response(exc.status, exc.message, code=exc.code, details=exc.details, headers=exc.headers)
 
 
+# The HTTP status of each of the preprocessing's refusals, by its stable code.
+_IMAGE_REJECTED_STATUS = {"empty_upload": 400, "not_an_image": 415, "image_too_large": 413, "no_digit_found": 422}
+
+
 def _image_rejected(exc):
-    """The preprocessing's refusals carry their own status (400, 413, 415 or 422)."""
-    return error_response(exc.http_status, str(exc), code=exc.code)
+    return error_response(_IMAGE_REJECTED_STATUS.get(exc.code, 400), str(exc), code=exc.code)
 
 
 def _schema_error(exc):

@@ -1,12 +1,9 @@
 """Preprocessing a batch of uploads on every core.
 
-The compiled kernels release the GIL, but Pillow's Python side and the steps between
-kernels still hold it: two threads preprocessed a 64-image batch in 26 ms where two
-processes take 20 ms (serial: 28 ms), so a batch is split into contiguous chunks handed
-to worker processes. The processes are started with ``spawn``: a serving process already
-runs TensorFlow's thread pools, which must never be forked. They import this module and
-``app.ml.preprocessing`` only (numpy, Pillow, numba), load the compiled kernels as they
-start, and are started lazily, once per serving process.
+A batch is split into contiguous chunks handed to worker processes. The processes are
+started with ``spawn``: a serving process already runs TensorFlow's thread pools, which
+must never be forked. They import this module and ``app.ml.preprocessing`` only (numpy,
+Pillow, OpenCV), and are started lazily, once per serving process.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from app.ml.preprocessing import DEFAULT_MAX_PIXELS, preprocess_many, warm_up
+from app.ml.preprocessing import DEFAULT_MAX_PIXELS, preprocess_many
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +47,6 @@ def _ready(parent_pid: int) -> None:
     holds both ends of the task queue, so they never see it close.
     """
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
-    warm_up()  # load the compiled kernels before the first batch
 
 
 def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
