@@ -19,7 +19,8 @@ def _started_pids(app):
 
 
 def on_worker_start(app):
-    """Fail jobs whose process died, load and warm the active model, start the version watcher."""
+    """Fail jobs whose process died, load and warm the active model (and start the batch
+    preprocessing processes), start the version watcher."""
     with _lock:
         if os.getpid() in _started_pids(app):
             return
@@ -41,6 +42,7 @@ def on_worker_start(app):
             log.exception("could not sweep temporary model files")
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
+            app.extensions["preprocess_pool"].start()
         db.session.remove()
     if app.config["MODEL_WATCH"]:
         service.start_watcher()

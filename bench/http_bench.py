@@ -10,7 +10,7 @@
    batches through the in-process registry (the raw model call), interleaved so that both
    see the same machine load (target: the endpoint keeps at least 25 % of raw throughput).
    A third column does in-process what the endpoint does minus HTTP and the database:
-   preprocessing (split over two threads, as the server does) plus the model call.
+   preprocessing (in as many processes as the server uses) plus the model call.
 """
 
 import argparse
@@ -95,14 +95,16 @@ def mnist_sized_png(path):
 def throughput(server, args, headers, uploads):
     import numpy as np
 
+    from app.ml.parallel import PreprocessPool
     from app.ml.registry import ModelRegistry
-    from app.services.predictions import preprocess_batch
     from config import Config
 
     manifest = json.loads((server.model_dir / "manifest.json").read_text())
     registry = ModelRegistry()
     registry.load(manifest["version"], str(server.model_dir / manifest["file"]))
-    batch = preprocess_batch(uploads, max_pixels=Config.MAX_IMAGE_PIXELS)
+    pool = PreprocessPool(Config.PREPROCESS_PROCESSES, min_batch=Config.PREPROCESS_MIN_BATCH)
+    pool.start()
+    batch = pool.preprocess_many(uploads)
     registry.predict(batch)  # warm
     http_times, raw_times, pipeline_times = [], [], []
     files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
@@ -115,8 +117,9 @@ def throughput(server, args, headers, uploads):
         registry.predict(np.asarray(batch))
         raw_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        registry.predict(preprocess_batch(uploads, max_pixels=Config.MAX_IMAGE_PIXELS))
+        registry.predict(pool.preprocess_many(uploads))
         pipeline_times.append(time.perf_counter() - started)
+    pool.shutdown()
     n = len(uploads)
     return {"http_images_per_s": n / statistics.median(http_times), "raw_images_per_s": n / statistics.median(raw_times),
             "pipeline_images_per_s": n / statistics.median(pipeline_times)}

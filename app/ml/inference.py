@@ -5,7 +5,7 @@ for one image on this machine, 2 ms inside a busy gunicorn worker, for some 0.2 
 arithmetic. ONNX Runtime runs the same graph in about 0.3 ms on the calling thread and
 is faster on batches too (`bench/inference_speed.py`). Its pool threads are told not to
 spin while idle: spinning shaved 0.1 ms off one image but cost the batch endpoint a third
-of its throughput, by taking cores from the preprocessing threads and other requests. The model is converted in memory when it is loaded (tf2onnx,
+of its throughput, by taking cores from the preprocessing processes and other requests. The model is converted in memory when it is loaded (tf2onnx,
 under a second), so the artifact stays the one ``.keras`` file that training writes and the
 registry hashes. The converted graph must reproduce Keras' own probabilities on a probe
 batch before it may serve; if conversion fails or disagrees, the tf.function path serves
@@ -67,7 +67,7 @@ class OnnxRuntimeRunner:
             options.intra_op_num_threads = intra_threads
             options.inter_op_num_threads = 1  # the graph is a single chain: nothing to run in parallel
             # Idle pool threads must sleep, not spin: they would take the cores from other
-            # requests, workers and the preprocessing threads.
+            # requests, workers and the preprocessing processes.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 

@@ -1,10 +1,7 @@
 """Predictions: preprocess uploads, run one batched inference, store what was asked and answered."""
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import numpy as np
 
 from flask import current_app
 from sqlalchemy import insert
@@ -13,7 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.entities import Prediction, StoredImage
 from app.extensions import db
-from app.ml.preprocessing import ImageRejected, preprocess_many
+from app.ml.preprocessing import ImageRejected
 
 # Core inserts on the tables, built once. Same SQL and column defaults as the ORM-enabled
 # forms, without the ORM bulk-insert bookkeeping, which cost about as much as the database
@@ -56,25 +53,12 @@ def store_images(uploads):
     return digests
 
 
-# The second half of each batch is preprocessed here while the request thread does the
-# first: Pillow's decoders and OpenCV release the GIL, so the halves overlap.
-_SECOND_HALVES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="preprocess")
-
-
-def preprocess_batch(items, *, max_pixels):
-    """`preprocess_many` of a batch of upload bytes, split over two threads."""
-    half = len(items) // 2
-    if half == 0:
-        return preprocess_many(items, max_pixels=max_pixels)
-    second = _SECOND_HALVES.submit(preprocess_many, items[half:], start=half, max_pixels=max_pixels)
-    first = preprocess_many(items[:half], max_pixels=max_pixels)  # refused: its index is the first
-    return np.concatenate([first, second.result()])
-
-
 def preprocess_uploads(uploads):
     """Turn raw uploads into model inputs; the first bad one refuses the whole request."""
+    pool = current_app.extensions["preprocess_pool"]
     try:
-        return preprocess_batch([upload.data for upload in uploads], max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+        return pool.preprocess_many([upload.data for upload in uploads],
+                                    max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
     except ImageRejected as exc:
         if len(uploads) == 1:
             raise
