@@ -13,8 +13,6 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	@# Compile the preprocessing kernels now (10-15 s, cached), not in the first request.
-	$(BIN)/python -c "from app.ml.preprocessing import warm_up; warm_up()"
 	touch $@
 
 install: $(VENV)/.installed

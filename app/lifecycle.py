@@ -20,14 +20,13 @@ def _started_pids(app):
 
 def on_worker_start(app):
     """Fail jobs whose process died, export versions saved before ONNX exports existed, load
-    and warm the active model and the preprocessing (and start the batch preprocessing
-    processes), start the version watcher."""
+    and warm the active model (and start the batch preprocessing processes), start the
+    version watcher."""
     with _lock:
         if os.getpid() in _started_pids(app):
             return
         _started_pids(app).add(os.getpid())
     from app.extensions import db
-    from app.ml.preprocessing import warm_up as warm_up_preprocessing
     from app.services.model_versions import export_missing_onnx, sweep_stale_temp_files
     from app.services.retraining import fail_interrupted_jobs
 
@@ -50,7 +49,6 @@ def on_worker_start(app):
             log.exception("could not export model versions to ONNX")
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
-            warm_up_preprocessing()
             app.extensions["preprocess_pool"].start()
         db.session.remove()
     if app.config["MODEL_WATCH"]:

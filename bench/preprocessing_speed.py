@@ -9,7 +9,8 @@
 
 Every image is preprocessed ``--repeats`` times; its time is the median of those, and
 the table shows the median (and mean, p95) over images. With ``--against`` another copy
-of app/ml/preprocessing.py (e.g. the previous version, from ``git show``) is timed too,
+of app/ml/preprocessing.py (e.g. the previous version, from ``git show``; one that
+imports the old numba kernels needs them saved beside it as kernels_before.py) is timed too,
 interleaved call by call so that both see the same machine load, and its outputs are
 compared with the current ones.
 """
@@ -42,7 +43,18 @@ def png_28x28(digits: np.ndarray) -> list[bytes]:
 
 
 def load_module(path: Path):
-    """Import a copy of preprocessing.py from `path` under a private module name."""
+    """Import a copy of preprocessing.py from `path` under a private module name.
+
+    A copy from before OpenCV imports `app.ml.kernels` (numba), which is gone: a
+    `kernels_before.py` saved beside the copy stands in for it.
+    """
+    kernels = path.with_name("kernels_before.py")
+    if kernels.exists() and "app.ml.kernels" not in sys.modules:
+        import app.ml
+
+        spec = importlib.util.spec_from_file_location("app.ml.kernels", kernels)
+        sys.modules["app.ml.kernels"] = app.ml.kernels = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app.ml.kernels)
     spec = importlib.util.spec_from_file_location("preprocessing_against", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,12 +1,13 @@
 """Preprocessing a batch of uploads on every core.
 
-The compiled kernels release the GIL, but Pillow's Python side and the steps between
-kernels still hold it: two threads preprocessed a 64-image batch in 26 ms where two
-processes take 20 ms (serial: 28 ms), so a batch is split into contiguous chunks handed
-to worker processes. The processes are started with ``spawn``: a serving process already
-runs TensorFlow's thread pools, which must never be forked. They import this module and
-``app.ml.preprocessing`` only (numpy, Pillow, numba), load the compiled kernels as they
-start, and are started lazily, once per serving process.
+OpenCV and Pillow's decoders release the GIL, but the Python between their calls holds
+it, so two threads preprocess a batch markedly slower than two processes
+(bench/batch_preprocessing.py): a batch is split into contiguous chunks handed to worker
+processes. They are started with ``spawn``: a serving process runs threads (requests,
+the model watcher, ONNX Runtime's pools, and TensorFlow's during a thread-backend
+retrain), and a threaded process must never be forked. They import this module and
+``app.ml.preprocessing`` only (numpy, Pillow, OpenCV), and are started lazily, once per
+serving process.
 """
 
 from __future__ import annotations
@@ -47,10 +48,9 @@ def _ready(parent_pid: int) -> None:
     server) cannot stop its helpers, and they would wait for work forever: each of them
     holds both ends of the task queue, so they never see it close.
     """
-    from app.ml.preprocessing import warm_up
+    import app.ml.preprocessing  # noqa: F401  (OpenCV and numpy load now, not in the first batch)
 
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
-    warm_up()  # load the compiled kernels before the first batch
 
 
 def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
