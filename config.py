@@ -59,10 +59,6 @@ class Config:
     MAX_FORM_PARTS = 200
     MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
     BATCH_MAX_FILES = env_int("BATCH_MAX_FILES", 64)
-    # Processes per serving process that preprocess large batches (0 or 1: in the request
-    # thread); batches smaller than PREPROCESS_MIN_BATCH never leave the request thread.
-    PREPROCESS_PROCESSES = env_int("PREPROCESS_PROCESSES", min(os.cpu_count() or 1, 4))
-    PREPROCESS_MIN_BATCH = env_int("PREPROCESS_MIN_BATCH", 8)
 
     RATELIMIT_ENABLED = env_bool("RATELIMIT_ENABLED", True)
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")

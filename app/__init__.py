@@ -179,11 +179,7 @@ def register_commands(app):
 
 def register_model_service(app):
     from app import lifecycle
-    from app.ml.parallel import PreprocessPool
     from app.serving import ModelService
 
     ModelService().init_app(app)
-    app.extensions["preprocess_pool"] = PreprocessPool(
-        app.config["PREPROCESS_PROCESSES"], min_batch=app.config["PREPROCESS_MIN_BATCH"]
-    )
     lifecycle.init_app(app)

@@ -20,8 +20,7 @@ def _started_pids(app):
 
 def on_worker_start(app):
     """Fail jobs whose process died, export versions saved before ONNX exports existed, load
-    and warm the active model (and start the batch preprocessing processes), start the
-    version watcher."""
+    and warm the active model, start the version watcher."""
     with _lock:
         if os.getpid() in _started_pids(app):
             return
@@ -49,7 +48,6 @@ def on_worker_start(app):
             log.exception("could not export model versions to ONNX")
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
-            app.extensions["preprocess_pool"].start()
         db.session.remove()
     if app.config["MODEL_WATCH"]:
         service.start_watcher()

@@ -7,8 +7,8 @@ small thread pool, or in spawned helper processes? Side by side, interleaved.
 * serial: `preprocess_many` in the calling thread;
 * threads: a ThreadPoolExecutor of ``--workers`` threads, the batch split into one
   contiguous chunk per thread (Pillow's decoders and OpenCV release the GIL);
-* processes: ``--workers`` spawned processes, one chunk each, as app/ml/parallel.py
-  does (the pickling of bytes in and arrays out included);
+* processes: ``--workers`` spawned processes, one chunk each, as app/ml/parallel.py did
+  before it was removed (the pickling of bytes in and arrays out included);
 * with ``--against``: another copy of app/ml/preprocessing.py (loaded as
   bench/preprocessing_speed.py loads it) in the calling thread and in the processes.
 

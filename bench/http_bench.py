@@ -10,7 +10,7 @@
    batches through the in-process ONNX model (the raw model call), interleaved so that both
    see the same machine load (target: the endpoint keeps at least 25 % of raw throughput).
    A third column does in-process what the endpoint does minus HTTP and the database:
-   preprocessing (in as many processes as the server uses) plus the model call.
+   preprocessing in the calling thread, as the server does, plus the model call.
 """
 
 import argparse
@@ -95,15 +95,12 @@ def mnist_sized_png(path):
 def throughput(server, args, headers, uploads):
     import numpy as np
 
-    from app.ml.parallel import PreprocessPool
     from app.ml.onnx_model import OnnxModel
-    from config import Config
+    from app.ml.preprocessing import preprocess_many
 
     manifest = json.loads((server.model_dir / "manifest.json").read_text())
     model = OnnxModel.from_file(manifest["version"], server.model_dir / manifest["onnx_file"], manifest["onnx_sha256"])
-    pool = PreprocessPool(Config.PREPROCESS_PROCESSES, min_batch=Config.PREPROCESS_MIN_BATCH)
-    pool.start()
-    batch = pool.preprocess_many(uploads)
+    batch = preprocess_many(uploads)
     model.predict(batch)  # warm
     http_times, raw_times, pipeline_times = [], [], []
     files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
@@ -116,9 +113,8 @@ def throughput(server, args, headers, uploads):
         model.predict(np.asarray(batch))
         raw_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        model.predict(pool.preprocess_many(uploads))
+        model.predict(preprocess_many(uploads))
         pipeline_times.append(time.perf_counter() - started)
-    pool.shutdown()
     n = len(uploads)
     return {"http_images_per_s": n / statistics.median(http_times), "raw_images_per_s": n / statistics.median(raw_times),
             "pipeline_images_per_s": n / statistics.median(pipeline_times)}

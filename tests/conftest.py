@@ -78,7 +78,6 @@ def make_app(tmp_path, model_dir, postgres_database):
     yield factory
     for app in apps:
         app.extensions["model_service"].stop_watcher()
-        app.extensions["preprocess_pool"].shutdown()
         with app.app_context():
             from app.extensions import db
 

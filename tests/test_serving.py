@@ -18,20 +18,7 @@ from app.entities import ModelVersion
 from app.errors import ServiceUnavailable
 from app.extensions import db
 from app.ml.onnx_model import ModelIntegrityError, sha256_file
-from support import ROOT, AuthActions, mnist_png
-
-
-def constant_model(digit):
-    """A tiny network that always answers ``digit``."""
-    from app.ml.network import build_model
-
-    model = build_model(width=4)
-    dense = model.get_layer("probs")
-    kernel, bias = dense.get_weights()
-    bias[:] = 0
-    bias[digit] = 6
-    dense.set_weights([np.zeros_like(kernel), bias])
-    return model
+from support import ROOT, AuthActions, constant_model, mnist_png
 
 
 @pytest.fixture
@@ -204,7 +191,6 @@ token = client.post("/auth/login", json={"username": "alice", "password": "alice
 with open(sys.argv[4], "rb") as fh:
     response = client.post("/api/v2/predict", headers={"Authorization": "Bearer " + token},
                            data={"file": (fh, "digit.png")})
-app.extensions["preprocess_pool"].shutdown()
 print(json.dumps({"status": response.status_code, "body": response.get_json(),
                   "imported": sorted(m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules)}))
 """

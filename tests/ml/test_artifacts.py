@@ -8,19 +8,7 @@ import pytest
 import app.ml.artifacts as artifacts
 from app.ml.artifacts import ExportMismatch, SavedModel, export_onnx_atomic, save_model_atomic
 from app.ml.onnx_model import AGREEMENT_TOLERANCE, OnnxModel, probe_batch, sha256_file
-
-
-def constant_model(digit):
-    """A tiny network that always answers ``digit`` (zero kernel, bias on one class)."""
-    from app.ml.network import build_model
-
-    model = build_model(width=4)
-    dense = model.get_layer("probs")
-    kernel, bias = dense.get_weights()
-    bias[:] = 0
-    bias[digit] = 6
-    dense.set_weights([np.zeros_like(kernel), bias])
-    return model
+from support import constant_model
 
 
 def names(folder):
