@@ -37,7 +37,7 @@ cv2.setNumThreads(1)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "ALLOWED_FORMATS", "ImageRejected", "EmptyUpload", "NotAnImage",
-    "ImageTooLarge", "NoDigitFound", "preprocess", "preprocess_many", "from_mnist_uint8",
+    "ImageTooLarge", "NoDigitFound", "preprocess", "preprocess_many",
 ]
 
 # Every phone camera in common use, and below Pillow's own bomb threshold (~89 MP), so our
@@ -401,14 +401,3 @@ def preprocess_many(items: list[bytes], *, start: int = 0, **kw) -> np.ndarray:
             exc.index = start + i
             raise
     return out
-
-
-def from_mnist_uint8(x: np.ndarray) -> np.ndarray:
-    """MNIST uint8 digits [n, 28, 28] (or one [28, 28]) -> float32 in [0, 1], the scale and
-    polarity `preprocess` produces, so stored MNIST data and uploads can be mixed."""
-    arr = np.asarray(x)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"expected uint8 MNIST data, got {arr.dtype}")
-    if arr.shape[-2:] != (_OUT, _OUT) or arr.ndim not in (2, 3):
-        raise ValueError(f"expected shape (n, 28, 28) or (28, 28), got {arr.shape}")
-    return arr.astype(np.float32) * np.float32(1.0 / 255.0)

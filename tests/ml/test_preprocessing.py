@@ -24,7 +24,6 @@ from app.ml.preprocessing import (
     ImageTooLarge,
     NoDigitFound,
     NotAnImage,
-    from_mnist_uint8,
     preprocess,
     preprocess_many,
 )
@@ -414,19 +413,6 @@ def test_preprocess_many(seven, reference):
     with pytest.raises(NoDigitFound) as info:
         preprocess_many([encode(np.zeros((20, 20), np.uint8))], start=40)
     assert info.value.index == 40
-
-
-def test_from_mnist_uint8():
-    x = np.zeros((3, 28, 28), dtype=np.uint8)
-    x[:, 10, 10] = 255
-    x[1, 5, 5] = 51
-    out = from_mnist_uint8(x)
-    assert out.shape == (3, 28, 28) and out.dtype == np.float32
-    assert out[0, 10, 10] == 1.0 and out[1, 5, 5] == pytest.approx(0.2) and out.min() == 0.0
-    with pytest.raises(TypeError):
-        from_mnist_uint8(x.astype(np.float32))
-    with pytest.raises(ValueError):
-        from_mnist_uint8(np.zeros((3, 32, 32), np.uint8))
 
 
 # ----------------------------------------------------------------- real MNIST uploads
