@@ -13,12 +13,16 @@ from support import BIN, LOOP_ENV, REDIS_SKIP_REASON, ROOT, feed, wait_status
 pytestmark = pytest.mark.e2e
 
 
-def test_retrain_runs_on_an_rq_worker_and_every_worker_swaps(live_server, tiny_model_source, replay_digits):
+def test_retrain_runs_on_an_rq_worker_and_every_worker_swaps(live_server, tiny_model_source, replay_digits, tmp_path):
     redis_url = os.environ.get("TEST_REDIS_URL")
     if not redis_url:
         pytest.skip(REDIS_SKIP_REASON)
     queue = f"retrain-test-{uuid.uuid4().hex[:8]}"
-    env = {**LOOP_ENV, "RETRAIN_BACKEND": "rq", "REDIS_URL": redis_url, "RETRAIN_QUEUE": queue}
+    # The rq worker shares the web workers' metrics folder, so one scrape counts its job too.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**LOOP_ENV, "RETRAIN_BACKEND": "rq", "REDIS_URL": redis_url, "RETRAIN_QUEUE": queue,
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "METRICS_TOKEN": "rq-test-metrics-token"}
     server = live_server(env=env, model_source=tiny_model_source)
     admin = server.create_admin()
     user = server.register("feeder")
@@ -41,3 +45,5 @@ def test_retrain_runs_on_an_rq_worker_and_every_worker_swaps(live_server, tiny_m
             break
         time.sleep(0.2)
     assert served == job["model_version"]
+    scrape = requests.get(server.url + "/metrics", headers={"Authorization": "Bearer rq-test-metrics-token"}, timeout=30)
+    assert 'digit_retrain_jobs_total{outcome="succeeded"} 1.0' in scrape.text
