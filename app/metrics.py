@@ -124,17 +124,21 @@ class DatabaseCollector:
         yield error_rate
 
 
-def scrape_allowed():
-    """A configured token is required from everyone; without one, loopback only (never in production)."""
+def scrape_refusal():
+    """None if this request may scrape, else (status, message): a configured token is required
+    from everyone (401 without it); without one, loopback only, and never in production (403)."""
     token = current_app.config["METRICS_TOKEN"]
     if token:
-        return hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode())
+        if hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+            return None
+        return 401, "send the METRICS_TOKEN as a bearer token"
     if current_app.config["APP_ENV"] == "production":
-        return False
+        return 403, "set METRICS_TOKEN to scrape /metrics in production"
     try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+        loopback = ipaddress.ip_address(request.remote_addr or "").is_loopback
     except ValueError:
-        return False
+        loopback = False
+    return None if loopback else (403, "without a METRICS_TOKEN only loopback may scrape /metrics")
 
 
 def scrape():

@@ -33,8 +33,9 @@ def test_loopback_may_scrape_without_a_token_others_may_not(client):
 
 def test_a_configured_token_is_required_even_from_loopback(make_app):
     client = make_app(METRICS_TOKEN="s3cret-scrape-token").test_client()
-    assert client.get("/metrics").status_code == 403
-    assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 403
+    missing = client.get("/metrics")
+    assert missing.status_code == 401 and missing.get_json()["error"]["code"] == "unauthorized"
+    assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape-token"}).status_code == 200
 
 

@@ -45,7 +45,9 @@ def ready():
     responses={
         "200": {"description": "Prometheus text format, summed over every worker",
                 "content": {"text/plain": {"schema": {"type": "string"}}}},
-        "403": {"description": "no or wrong METRICS_TOKEN (without one: only loopback, never in production)",
+        "401": {"description": "METRICS_TOKEN is set and the request did not send it as a bearer token",
+                "content": {"application/json": {"schema": ErrorSchema}}},
+        "403": {"description": "no METRICS_TOKEN is set: only loopback may scrape, and nobody in production",
                 "content": {"application/json": {"schema": ErrorSchema}}},
         "404": {"description": "METRICS_ENABLED is false", "content": {"application/json": {"schema": ErrorSchema}}},
     },
@@ -54,9 +56,10 @@ def scrape():
     """Prometheus metrics: requests, predictions, feedback, retrains, model swaps, drift."""
     if not current_app.config["METRICS_ENABLED"]:
         return error_response(404, "metrics are turned off (METRICS_ENABLED=false)", code="not_found")
-    if not metrics.scrape_allowed():
-        return error_response(403, "send the METRICS_TOKEN as a bearer token (without one, scrape from loopback)",
-                              code="forbidden")
+    refusal = metrics.scrape_refusal()
+    if refusal:
+        status, message = refusal
+        return error_response(status, message, code="unauthorized" if status == 401 else "forbidden")
     body, content_type = metrics.scrape()
     return current_app.response_class(body, mimetype=content_type.split(";")[0],
                                       headers={"Content-Type": content_type})

@@ -38,8 +38,8 @@ def test_one_scrape_counts_every_worker_and_follows_a_hot_swap(live_server, tiny
     admin = server.create_admin()
     x, _ = replay_digits
 
-    assert requests.get(server.url + "/metrics", timeout=30).status_code == 403
-    assert requests.get(server.url + "/metrics", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 403
+    assert requests.get(server.url + "/metrics", timeout=30).status_code == 401
+    assert requests.get(server.url + "/metrics", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
 
     request_id = uuid.uuid4().hex
     answers = ask_every_worker(lambda: requests.post(
