@@ -22,8 +22,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-# METRICS_ENABLED=false turns every observation off (what bench/metrics_cost.py compares).
-_enabled = True
 
 # Resolve 1-100 ms (a predict is a few ms, a batch tens), and the slow tail above.
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -55,9 +53,14 @@ MODEL_SERVED = Gauge("digit_model_served", "1 for the model version this process
 MODEL_SWAPS = Counter("digit_model_swaps_total", "Times a process started serving another model version")
 
 
+def _enabled():
+    """METRICS_ENABLED=false turns every observation off (what bench/metrics_cost.py compares)."""
+    return current_app.config["METRICS_ENABLED"]
+
+
 def observe_predictions(results):
     """Count served predictions (objects with ``predicted``, ``confidence``, ``model_version``)."""
-    if not _enabled:
+    if not _enabled():
         return
     for result in results:
         PREDICTIONS.labels(str(result.predicted), result.model_version).inc()
@@ -65,13 +68,13 @@ def observe_predictions(results):
 
 
 def observe_refusal(code):
-    if not _enabled:
+    if not _enabled():
         return
     UPLOAD_REFUSALS.labels(code).inc()
 
 
 def observe_feedback(feedback, prediction=None):
-    if not _enabled:
+    if not _enabled():
         return
     if prediction is None:
         FEEDBACK.labels("upload").inc()
@@ -82,7 +85,7 @@ def observe_feedback(feedback, prediction=None):
 
 
 def observe_retrain(job):
-    if not _enabled:
+    if not _enabled():
         return
     RETRAIN_JOBS.labels(job.status).inc()
     if job.started_at and job.finished_at:
@@ -90,7 +93,7 @@ def observe_retrain(job):
 
 
 def observe_model_swap(previous, current):
-    if not _enabled:
+    if not _enabled():
         return
     if previous is not None:
         MODEL_SERVED.labels(previous).set(0)
@@ -102,13 +105,12 @@ class DatabaseCollector:
     """Gauges read from the database at scrape time (the same in every worker)."""
 
     def collect(self):
-        from app.services import monitoring
+        from app.services import feedback, monitoring
 
-        stats = monitoring.stats()
         drift = GaugeMetricFamily("digit_drift_psi", "Population stability index of the recent predictions against "
                                   "the live model's held-out digits (<0.1 stable, >0.25 shifted)",
                                   labels=["distribution"])
-        window = stats["drift"]
+        window = monitoring.drift_window()
         for distribution in ("digit", "confidence"):
             value = window[f"{distribution}_psi"]
             if value is not None:
@@ -118,9 +120,9 @@ class DatabaseCollector:
                                 "drift window", value=window["predictions"])
         error_rate = GaugeMetricFamily("digit_feedback_error_rate", "Share of labelled predictions whose label "
                                        "disagrees with the prediction, by model version", labels=["model_version"])
-        for row in stats["versions"]:
-            if row["error_rate"] is not None:
-                error_rate.add_metric([row["model_version"]], row["error_rate"])
+        for version, row in feedback.stats()["per_model_version"].items():
+            if row["error_rate"] is not None:  # None: labelled uploads, no prediction to disagree with
+                error_rate.add_metric([version], row["error_rate"])
         yield error_rate
 
 
@@ -154,19 +156,14 @@ def scrape():
 
 
 def init_app(app):
-    """Time and count every request (unless ``METRICS_ENABLED`` is false)."""
-    global _enabled
-    _enabled = app.config["METRICS_ENABLED"]
-    if not _enabled:
+    """Count every request and its time (from ``g.request_started``, set by app.logs)
+    unless ``METRICS_ENABLED`` is false."""
+    if not app.config["METRICS_ENABLED"]:
         return
-
-    @app.before_request
-    def _start_timer():
-        g.metrics_started = time.perf_counter()
 
     @app.after_request
     def _count(response):
-        started = g.pop("metrics_started", None)
+        started = g.get("request_started")
         endpoint = request.endpoint or "unmatched"  # route names, never raw paths: bounded label values
         HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
         if started is not None:

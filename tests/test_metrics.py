@@ -45,14 +45,14 @@ def test_production_without_a_token_refuses_every_scrape(make_app):
 
 
 def test_metrics_can_be_turned_off(make_app):
-    app = make_app(METRICS_ENABLED=False)
-    try:
-        assert app.test_client().get("/metrics").status_code == 404
-    finally:
-        app.config["METRICS_ENABLED"] = True
-        from app import metrics
-
-        metrics._enabled = True  # the registry is per process: give it back to the other tests
+    client = make_app(METRICS_ENABLED=False).test_client()
+    before = value(samples(make_app().test_client()), "digit_upload_refusals_total", code="empty_upload")
+    assert client.get("/metrics").status_code == 404
+    auth = AuthActions(client, client.application)
+    assert client.post("/api/v2/predict", headers=auth.headers(),
+                       data={"file": (io.BytesIO(b""), "d.png")}).status_code == 400
+    after = value(samples(make_app().test_client()), "digit_upload_refusals_total", code="empty_upload")
+    assert after == before  # nothing observed while turned off
 
 
 def test_series_move_with_their_events(app, client, auth, replay_digits):
