@@ -4,12 +4,11 @@ This is all a serving process needs of a model, and it never imports TensorFlow,
 tf2onnx: the file was exported and checked against Keras once, when the version was saved
 (``app.ml.artifacts``). Here it is only hashed, loaded and run.
 
-Calling a Keras model from Python pays TensorFlow's eager dispatch every time (about 1 ms
-for one image, 2 ms in a busy gunicorn worker, for some 0.2 ms of arithmetic); ONNX
-Runtime runs the same graph in about 0.3 ms on the calling thread and is faster on batches
-too (``bench/inference_speed.py``). Pool threads are told not to spin while idle: spinning
-shaved 0.1 ms off one image but cost the batch endpoint a third of its throughput, by
-taking cores from the preprocessing and other requests.
+Calling a Keras model from Python pays TensorFlow's eager dispatch on every call, several
+times the arithmetic of one image; ONNX Runtime runs the same graph on the calling thread
+without it, and faster on batches too (``bench/inference_speed.py``; README, "Measured").
+Pool threads are told not to spin while idle: spinning saved a little on one image but
+took the cores from other requests and cost the batch endpoint far more.
 
 ``OnnxModel.predict`` is safe to call from many threads at once.
 """

@@ -58,8 +58,8 @@ def preprocess_uploads(uploads):
     # Here: building the app must not load the ML stack.
     from app.ml.preprocessing import ImageRejected, preprocess_many
 
-    # In the request thread: helper processes made batches only about 1.2x faster and cost
-    # each worker 115 MB per helper (README, "Measured").
+    # In the request thread: helper processes made batches only a little faster and cost
+    # each worker far more memory (README, "Measured").
     try:
         return preprocess_many([upload.data for upload in uploads], max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
     except ImageRejected as exc:
