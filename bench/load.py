@@ -195,17 +195,9 @@ class Service(LiveServer):
     """The deployment helper the tests use, started from ``repo`` with that checkout's virtualenv."""
 
     def __init__(self, workdir, repo, env):
-        self.repo, self.bin = repo, repo / ".venv" / "bin"
-        super().__init__(workdir, env=env, model_source=repo / "models")
+        super().__init__(workdir, env=env, model_source=repo / "models", repo=repo)
         self.cold_start = None
         self.worker_match = None
-
-    def cli(self, *args, input=None, check=True, timeout=300):
-        result = subprocess.run([str(self.bin / "flask"), "--app", "wsgi", *args], cwd=self.repo, env=self.env,
-                                input=input, capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"flask {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result
 
     def start(self, wait_for="/ready", timeout=180):
         self.port = free_port()

@@ -128,7 +128,10 @@ def drop_postgres_database(server_url, database_url):
 class LiveServer:
     """One deployment: a database, a model folder, and a server process serving them."""
 
-    def __init__(self, workdir, *, database_url=None, env=None, model_source=None):
+    def __init__(self, workdir, *, database_url=None, env=None, model_source=None, repo=None):
+        # The checkout to run and its virtualenv (benchmarks run other checkouts than this one).
+        self.repo = Path(repo) if repo else ROOT
+        self.bin = self.repo / ".venv" / "bin" if repo else BIN
         self.workdir = Path(workdir)
         self.model_dir = self.workdir / "models"
         if not self.model_dir.exists():
@@ -161,7 +164,7 @@ class LiveServer:
 
     def cli(self, *args, input=None, check=True, timeout=300):
         """Run ``flask --app wsgi ...`` against this deployment's database."""
-        result = subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], cwd=ROOT, env=self.env,
+        result = subprocess.run([str(self.bin / "flask"), "--app", "wsgi", *args], cwd=self.repo, env=self.env,
                                 input=input, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"flask {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -172,8 +175,8 @@ class LiveServer:
         env = {**self.env, "GUNICORN_BIND": f"127.0.0.1:{self.port}"}
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(self.bin / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=self.repo, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
