@@ -84,6 +84,15 @@ class Feedback(db.Model):
     label: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # accepted | quarantined | rejected: set by the trust rules or by an admin's review.
+    # Only accepted feedback is trained on.
+    status: Mapped[str] = mapped_column(String(16), default="accepted", server_default="accepted", index=True)
+    # Why it has its status (a short code, e.g. "account_outlier"), and the numbers behind it.
+    status_reason: Mapped[str | None] = mapped_column(String(64))
+    status_detail: Mapped[dict | None] = mapped_column(JSON)
+    # The admin who last accepted, rejected or relabelled it: an admin-verified label.
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None]
 
     prediction: Mapped["Prediction | None"] = relationship(back_populates="feedback")
 
@@ -99,6 +108,9 @@ class ModelVersion(db.Model):
     # version saved before exports existed has been exported (at the next worker start).
     onnx_sha256: Mapped[str | None] = mapped_column(String(64))
     parent_version: Mapped[str | None] = mapped_column(String(64))
+    # Post-hoc calibration fitted when the version was trained: served probabilities are
+    # softmax(log(p) / temperature). NULL: uncalibrated (temperature 1).
+    temperature: Mapped[float | None]
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     # candidate | active | retired | rejected
     status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
