@@ -315,28 +315,44 @@ class ReviewPageSchema(Schema):
     pages = fields.Integer()
 
 
-def _label_only_for_relabel(data):
-    if data["action"] == "relabel" and data.get("label") is None:
-        raise ValidationError("required for relabel", "label")
-    if data["action"] != "relabel" and "label" in data:
-        raise ValidationError("only relabel takes a label", "label")
-
-
 class ReviewActionSchema(Schema):
-    action = fields.String(required=True, validate=validate.OneOf(REVIEW_ACTIONS), metadata={
-        "description": "accept or reject the label, or relabel (accepted, with the admin's label)"})
-    label = fields.Integer(strict=True, validate=validate.Range(0, 9), metadata={"description": "relabel only"})
+    action = fields.String(required=True, validate=validate.OneOf(REVIEW_ACTIONS))
+    label = fields.Integer(strict=True, validate=validate.Range(0, 9))
 
     @validates_schema
-    def _label(self, data, **_):
-        _label_only_for_relabel(data)
+    def _relabel_needs_a_label(self, data, **_):
+        if data["action"] == "relabel" and "label" not in data:
+            raise ValidationError("required for relabel", "label")
 
 
 class BulkReviewSchema(ReviewActionSchema):
-    feedback_ids = fields.List(
-        fields.Integer(strict=True, validate=validate.Range(1, MAX_ID)), required=True,
-        validate=validate.Length(1, BULK_MAX_IDS),
-        metadata={"description": f"1 to {BULK_MAX_IDS} feedback ids; all exist or nothing changes"})
+    feedback_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(1, MAX_ID)), required=True,
+                               validate=validate.Length(1, BULK_MAX_IDS))
+
+
+def review_action_body(bulk=False):
+    """The OpenAPI request body of ReviewActionSchema / BulkReviewSchema.
+
+    Written out because "label is required for relabel" takes a ``oneOf`` that marshmallow
+    cannot describe; the constraints are the schemas' own constants.
+    """
+    label = {"type": "integer", "minimum": 0, "maximum": 9}
+    extra = {}
+    if bulk:
+        extra = {"feedback_ids": {"type": "array", "minItems": 1, "maxItems": BULK_MAX_IDS,
+                                  "items": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                                  "description": f"1 to {BULK_MAX_IDS} feedback ids: all exist or nothing changes"}}
+    required = ["feedback_ids"] if bulk else []
+    decide = {"type": "object", "additionalProperties": False, "required": ["action", *required], "properties": {
+        "action": {"type": "string", "enum": ["accept", "reject"]},
+        "label": {**label, "description": "optional: the label the admin saw; if the row's label is no longer this "
+                                          "(its owner changed it), 409 label_changed and nothing changes"},
+        **extra}}
+    relabel = {"type": "object", "additionalProperties": False, "required": ["action", "label", *required],
+               "properties": {"action": {"type": "string", "enum": ["relabel"]},
+                              "label": {**label, "description": "the admin's label: the row becomes accepted with it"},
+                              **extra}}
+    return {"required": True, "content": {"application/json": {"schema": {"oneOf": [decide, relabel]}}}}
 
 
 class BulkReviewResultSchema(Schema):

@@ -373,9 +373,21 @@ def test_bad_queue_queries_are_422(client, admin, query):
 ACTION_BODIES = [
     {}, {"action": "approve"}, {"action": "relabel"}, {"action": "relabel", "label": None},
     {"action": "relabel", "label": 10}, {"action": "relabel", "label": -1}, {"action": "relabel", "label": "3"},
-    {"action": "relabel", "label": 2.5}, {"action": "relabel", "label": True}, {"action": "accept", "label": 3},
-    {"action": "reject", "label": 3}, {"action": "accept", "extra": 1}, {"action": ["accept"]}, [], "accept",
+    {"action": "relabel", "label": 2.5}, {"action": "relabel", "label": True}, {"action": "accept", "label": None},
+    {"action": "reject", "label": 11}, {"action": "accept", "extra": 1}, {"action": ["accept"]}, [], "accept",
 ]
+
+
+def test_accept_or_reject_with_the_label_seen_refuses_a_label_changed_since(app, client, admin):
+    first, second = add_feedback(app, seed=1, label=7), add_feedback(app, seed=2, label=2)
+    before = snapshot(app)
+    stale = client.post(f"/admin/review/feedback/{first}", headers=admin, json={"action": "accept", "label": 6})
+    assert error_code(stale, 409) == "label_changed"
+    bulk = client.post("/admin/review/bulk", headers=admin, json={"action": "reject", "label": 7, "feedback_ids": [first, second]})
+    assert error_code(bulk, 409) == "label_changed" and bulk.get_json()["error"]["details"] == {"feedback_ids": [second]}
+    assert snapshot(app) == before
+    seen = client.post(f"/admin/review/feedback/{first}", headers=admin, json={"action": "accept", "label": 7})
+    assert seen.status_code == 200 and (seen.get_json()["status"], seen.get_json()["label"]) == ("accepted", 7)
 
 
 @pytest.mark.parametrize("body", ACTION_BODIES)

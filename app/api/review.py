@@ -15,6 +15,7 @@ from app.schemas import (
     ReviewFeedbackItemSchema,
     ReviewPageSchema,
     ReviewQuerySchema,
+    review_action_body,
 )
 from app.security import role_required
 from app.services import review
@@ -54,7 +55,8 @@ def queue(query):
 @role_required("admin")
 @bp.arguments(ReviewActionSchema)
 @bp.response(200, ReviewFeedbackItemSchema)
-@documented((404, "no such feedback"))
+@bp.doc(requestBody=review_action_body())
+@documented((404, "no such feedback"), (409, "label_changed: the label is no longer the one given with accept/reject"))
 def review_feedback(data, feedback_id):
     """Accept, reject or relabel one feedback row; it becomes admin-verified."""
     return review.review_one(feedback_id, data["action"], data.get("label"), admin_id=int(get_jwt_identity()))
@@ -64,7 +66,9 @@ def review_feedback(data, feedback_id):
 @role_required("admin")
 @bp.arguments(BulkReviewSchema)
 @bp.response(200, BulkReviewResultSchema)
-@documented((404, "an id names no feedback: nothing was changed"))
+@bp.doc(requestBody=review_action_body(bulk=True))
+@documented((404, "an id names no feedback: nothing was changed"),
+            (409, "label_changed: a row's label is no longer the one given with accept/reject; nothing was changed"))
 def review_bulk(data):
     """One action on up to 500 feedback rows, all or nothing."""
     return review.review_many(data["feedback_ids"], data["action"], data.get("label"), admin_id=int(get_jwt_identity()))
@@ -86,8 +90,13 @@ IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"
 @bp.get("/images/<string(length=64):sha256>")
 @limiter.limit(lambda: current_app.config["RATELIMIT_ADMIN_IMAGES"])
 @role_required("admin")
-@bp.doc(responses={"200": {"description": "the original upload, its type read from its bytes",
-                           "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGE_TYPES}}})
+@bp.doc(
+    # The route takes any 64 characters; the digest is lowercase hex (422 otherwise).
+    parameters=[{"in": "path", "name": "sha256", "required": True,
+                 "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}],
+    responses={"200": {"description": "the original upload, its type read from its bytes",
+                       "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in IMAGE_TYPES}}},
+)
 @documented((404, "no stored image with this digest"), (422, "not 64 lowercase hexadecimal digits"))
 def image(sha256):
     """A stored original upload (the queue's ``image_url``)."""

@@ -154,6 +154,9 @@ def _decide(feedback, action, label, admin_id, now):
 def review_many(feedback_ids, action, label=None, *, admin_id):
     """Apply one action to every listed feedback row, all or nothing: an unknown id changes none.
 
+    ``label`` is the new label for relabel; for accept and reject, if given, the label the
+    admin saw: a row whose label differs now is a 409 and nothing changes.
+
     Returns ``{"updated": n, "items": [...]}``, items in the order asked (repeats once).
     """
     ids = list(dict.fromkeys(feedback_ids))
@@ -163,6 +166,12 @@ def review_many(feedback_ids, action, label=None, *, admin_id):
         noun = "feedback" if len(ids) == 1 else "feedback ids"
         raise NotFound(f"{noun} not found: {', '.join(map(str, missing[:20]))}", code="feedback_not_found",
                        details={"missing": missing})
+    if action != "relabel" and label is not None:
+        # The label the admin saw: its owner may have replaced it since the page was loaded.
+        changed = [i for i in ids if rows[i][0].label != label]
+        if changed:
+            raise Conflict(f"the label is no longer {label}: reload and review again", code="label_changed",
+                           details={"feedback_ids": changed})
     now = utcnow()
     for feedback, _prediction, _username in rows.values():
         _decide(feedback, action, label, admin_id, now)
