@@ -390,6 +390,47 @@ def test_accept_or_reject_with_the_label_seen_refuses_a_label_changed_since(app,
     assert seen.status_code == 200 and (seen.get_json()["status"], seen.get_json()["label"]) == ("accepted", 7)
 
 
+def write_just_before_the_next_flush(statement, **params):
+    """Commit ``statement`` from another connection the moment a session next flushes: the
+    other party's write landing between the request's read and its own write."""
+    from sqlalchemy import event
+
+    def other_party(_session, _context, _instances):
+        with db.engine.connect() as other:
+            other.execute(db.text(statement), params)
+            other.commit()
+
+    event.listen(db.session, "before_flush", other_party, once=True)
+
+
+@pytest.mark.parametrize("app", ["sqlite", "postgres"], indirect=True)
+def test_an_owner_replacing_the_label_while_the_admin_accepts_it_is_caught(app, client, admin):
+    feedback_id = add_feedback(app, seed=1, label=7)
+    with app.app_context():
+        write_just_before_the_next_flush("UPDATE feedback SET label = 1 WHERE id = :id", id=feedback_id)
+    raced = client.post(f"/admin/review/feedback/{feedback_id}", headers=admin, json={"action": "accept", "label": 7})
+    assert error_code(raced, 409) == "label_changed"
+    with app.app_context():
+        row = db.session.get(Feedback, feedback_id)
+        assert (row.label, row.status, row.reviewed_by) == (1, "quarantined", None)
+
+
+@pytest.mark.parametrize("app", ["sqlite", "postgres"], indirect=True)
+def test_an_admin_reviewing_while_the_owner_replaces_the_label_wins(app, client, admin, user, replay_digits):
+    x, _ = replay_digits
+    made = client.post("/api/v2/predict", headers=user, data={"file": (io.BytesIO(mnist_png(x[1])), "d.png")}).get_json()
+    given = client.post("/api/v2/feedback", headers=user, json={"prediction_id": made["prediction_id"], "label": 5}).get_json()
+    with app.app_context():
+        admin_id = user_id("root")
+        write_just_before_the_next_flush("UPDATE feedback SET status = 'rejected', reviewed_by = :admin WHERE id = :id",
+                                         admin=admin_id, id=given["id"])
+    raced = client.post("/api/v2/feedback", headers=user, json={"prediction_id": made["prediction_id"], "label": 6})
+    assert error_code(raced, 409) == "feedback_reviewed"
+    with app.app_context():
+        row = db.session.get(Feedback, given["id"])
+        assert (row.label, row.status, row.reviewed_by) == (5, "rejected", admin_id)
+
+
 @pytest.mark.parametrize("body", ACTION_BODIES)
 def test_bad_actions_change_nothing(app, client, admin, body):
     feedback_id = add_feedback(app, seed=1)

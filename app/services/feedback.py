@@ -32,12 +32,16 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
         raise Forbidden("you can only give feedback on your own predictions")
     feedback = prediction.feedback
     if feedback is not None:
+        # An admin's decision is final for the account: else a held label could be swapped after review.
         if feedback.reviewed_by is not None and not is_admin:
-            # An admin's decision is final for the account: else a held label could be swapped after review.
-            raise Conflict("an admin has reviewed this label; it can no longer be changed",
-                           code="feedback_reviewed", details={"feedback_id": feedback.id})
+            raise _reviewed(feedback.id)
         feedback.label = label
         feedback.updated_at = utcnow()
+        db.session.flush()
+        # Checked again holding the row's write lock: an admin may have reviewed it since it was read.
+        if not is_admin and db.session.scalar(db.select(Feedback.reviewed_by).where(Feedback.id == feedback.id)):
+            db.session.rollback()
+            raise _reviewed(feedback.id)
         db.session.commit()
         observe_feedback(feedback, prediction)
         return feedback, False
@@ -52,6 +56,11 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
         return give_feedback(prediction_id, label, user_id=user_id, is_admin=is_admin)
     observe_feedback(feedback, prediction)
     return feedback, True
+
+
+def _reviewed(feedback_id):
+    return Conflict("an admin has reviewed this label; it can no longer be changed", code="feedback_reviewed",
+                    details={"feedback_id": feedback_id})
 
 
 def give_labelled_sample(upload, label, *, user_id):

@@ -166,15 +166,20 @@ def review_many(feedback_ids, action, label=None, *, admin_id):
         noun = "feedback" if len(ids) == 1 else "feedback ids"
         raise NotFound(f"{noun} not found: {', '.join(map(str, missing[:20]))}", code="feedback_not_found",
                        details={"missing": missing})
-    if action != "relabel" and label is not None:
-        # The label the admin saw: its owner may have replaced it since the page was loaded.
-        changed = [i for i in ids if rows[i][0].label != label]
-        if changed:
-            raise Conflict(f"the label is no longer {label}: reload and review again", code="label_changed",
-                           details={"feedback_ids": changed})
     now = utcnow()
     for feedback, _prediction, _username in rows.values():
         _decide(feedback, action, label, admin_id, now)
+    if action != "relabel" and label is not None:
+        # The label the admin saw; its owner may have replaced it since the page was loaded.
+        # Read after our flush, which holds the rows' write locks: no replacement can slip in between.
+        db.session.flush()
+        changed = db.session.scalars(
+            db.select(Feedback.id).where(Feedback.id.in_(ids), Feedback.label != label).order_by(Feedback.id)
+        ).all()
+        if changed:
+            db.session.rollback()
+            raise Conflict(f"the label is no longer {label}: reload and review again", code="label_changed",
+                           details={"feedback_ids": changed})
     # Built before the commit expires them: re-reading each row would cost a query apiece.
     items = [feedback_item(*rows[i]) for i in ids]
     db.session.commit()
