@@ -39,7 +39,8 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
         feedback.updated_at = utcnow()
         db.session.flush()
         # Checked again holding the row's write lock: an admin may have reviewed it since it was read.
-        if not is_admin and db.session.scalar(db.select(Feedback.reviewed_by).where(Feedback.id == feedback.id)):
+        reviewer = db.session.scalar(db.select(Feedback.reviewed_by).where(Feedback.id == feedback.id))
+        if reviewer is not None and not is_admin:
             db.session.rollback()
             raise _reviewed(feedback.id)
         db.session.commit()
