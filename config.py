@@ -68,6 +68,8 @@ class Config:
     RATELIMIT_REGISTER = os.environ.get("RATELIMIT_REGISTER", "20 per hour")
     RATELIMIT_V1_PREDICT = os.environ.get("RATELIMIT_V1_PREDICT", "100 per day")
     RATELIMIT_V2_PREDICT = os.environ.get("RATELIMIT_V2_PREDICT", "150 per day")
+    # The review page shows up to 100 images at a time: the default limit would stop it after two pages.
+    RATELIMIT_ADMIN_IMAGES = os.environ.get("RATELIMIT_ADMIN_IMAGES", "2000 per hour")
 
     MODEL_DIR = os.environ.get("MODEL_DIR", str(BASE_DIR / "models"))
     # How often each worker checks the database for a newly activated model version.
@@ -113,6 +115,9 @@ class Config:
     # without one, only loopback may scrape, and production refuses every scrape.
     METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
     METRICS_TOKEN = os.environ.get("METRICS_TOKEN") or None
+    # The review queue's "uncertain" list: the live model's predictions from the last this many
+    # days that nobody has labelled, least confident first. A week spans a weekly review round.
+    REVIEW_UNCERTAIN_DAYS = env_float("REVIEW_UNCERTAIN_DAYS", 7.0)
     # Recent predictions of the live version compared with its held-out digits for drift.
     DRIFT_WINDOW = env_int("DRIFT_WINDOW", 1000)
     # Add an X-Served-By: host:pid header (load tests and benchmarks use it; off by default).
@@ -134,6 +139,8 @@ class Config:
         """Refuse settings that cannot work; environments add their own checks."""
         if config["LOG_FORMAT"] not in ("text", "json"):
             raise RuntimeError(f"LOG_FORMAT must be 'text' or 'json', not {config['LOG_FORMAT']!r}")
+        if not config["REVIEW_UNCERTAIN_DAYS"] > 0:
+            raise RuntimeError(f"REVIEW_UNCERTAIN_DAYS must be a positive number of days, not {config['REVIEW_UNCERTAIN_DAYS']!r}")
 
 
 class Development(Config):

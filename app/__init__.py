@@ -131,10 +131,12 @@ def _sqlite_pragmas(dbapi_connection, _record):
 
 
 def register_blueprints(app):
-    from app.api import admin, auth, feedback, health, predict_v1, predict_v2
+    from app.api import admin, auth, feedback, health, predict_v1, predict_v2, review
     from app.extensions import api
+    from app.schemas import register_review_schemas
 
     register_api_docs(app)
+    register_review_schemas(api.spec)
     for blueprint in (
         health.bp,
         auth.bp,
@@ -143,6 +145,7 @@ def register_blueprints(app):
         predict_v2.bp,
         feedback.bp,
         admin.bp,
+        review.bp,
     ):
         api.register_blueprint(blueprint)
 

@@ -71,6 +71,10 @@ class Prediction(db.Model):
     feedback: Mapped["Feedback | None"] = relationship(back_populates="prediction")
 
 
+# Only accepted feedback is trained on.
+FEEDBACK_STATUSES = ("accepted", "quarantined", "rejected")
+
+
 class Feedback(db.Model):
     """A user's true label for an image: for one of their predictions or a new upload."""
 

@@ -7,8 +7,9 @@ empties it). A scrape, answered by any one worker, adds up every process's files
 the variable (``flask run``, the test client) the process's own registry is scraped.
 
 Series computed from the database rather than counted in a process (drift over the
-recent predictions, each version's error rate from its feedback) are produced at scrape
-time by ``DatabaseCollector``, so every worker reports the same values.
+recent predictions, each version's error rate from its feedback, quarantined feedback by
+reason) are produced at scrape time by ``DatabaseCollector``, so every worker reports the
+same values.
 """
 
 import hmac
@@ -105,7 +106,7 @@ class DatabaseCollector:
     """Gauges read from the database at scrape time (the same in every worker)."""
 
     def collect(self):
-        from app.services import feedback, monitoring
+        from app.services import feedback, monitoring, review
 
         drift = GaugeMetricFamily("digit_drift_psi", "Population stability index of the recent predictions against "
                                   "the live model's held-out digits (<0.1 stable, >0.25 shifted)",
@@ -124,6 +125,11 @@ class DatabaseCollector:
             if row["error_rate"] is not None:  # None: labelled uploads, no prediction to disagree with
                 error_rate.add_metric([version], row["error_rate"])
         yield error_rate
+        held = GaugeMetricFamily("digit_feedback_quarantined", "Feedback held back from training by the trust rules, "
+                                 "waiting in the review queue, by reason", labels=["reason"])
+        for reason, count in review.quarantined_by_reason().items():
+            held.add_metric([reason], count)
+        yield held
 
 
 def scrape_refusal():

@@ -3,7 +3,9 @@
 import re
 from datetime import timezone
 
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+
+from app.entities import FEEDBACK_STATUSES
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 PASSWORD_MIN_LENGTH = 8
@@ -120,6 +122,8 @@ class FeedbackSchema(Schema):
     id = fields.Integer()
     prediction_id = fields.Integer(allow_none=True)
     label = fields.Integer()
+    status = fields.String(metadata={"enum": list(FEEDBACK_STATUSES),
+                                     "description": "only accepted labels are trained on"})
     predicted = fields.Integer(allow_none=True, metadata={"description": "what the model said, if predicted"})
     model_version = fields.String(allow_none=True)
     created_at = UtcDateTime()
@@ -142,6 +146,8 @@ class FeedbackPageSchema(Schema):
 class FeedbackStatsSchema(Schema):
     total = fields.Integer()
     per_label = fields.Dict(keys=fields.String(), values=fields.Integer())
+    per_status = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                             metadata={"description": "accepted, quarantined and rejected (each present, 0 if none)"})
     per_model_version = fields.Dict(keys=fields.String(), values=fields.Dict())
     live_model_version = fields.String(allow_none=True)
     live_model_error_rate = fields.Float(allow_none=True)
@@ -227,3 +233,132 @@ class RetrainAcceptedSchema(Schema):
     job_id = fields.Integer()
     status = fields.String()
     status_url = fields.String()
+
+
+# --- the admin review queue -------------------------------------------------------------
+
+REVIEW_QUEUES = ("quarantined", "uncertain")
+REVIEW_ACTIONS = ("accept", "reject", "relabel")
+# One bulk request reviews at most this many rows: a page of the web page, several times over.
+BULK_MAX_IDS = 500
+
+
+class ReviewQuerySchema(PageQuerySchema):
+    queue = fields.String(load_default="quarantined", validate=validate.OneOf(REVIEW_QUEUES), metadata={
+        "description": "quarantined: feedback the trust rules held, oldest first; uncertain: the live model's least "
+                       "confident recent predictions that nobody has labelled, least confident first"})
+
+
+class ReviewFeedbackItemSchema(Schema):
+    feedback_id = fields.Integer()
+    prediction_id = fields.Integer(allow_none=True, metadata={"description": "null for a labelled upload"})
+    user_id = fields.Integer(allow_none=True, metadata={"description": "the account that gave the label"})
+    username = fields.String(allow_none=True)
+    label = fields.Integer()
+    predicted = fields.Integer(allow_none=True)
+    confidence = fields.Float(allow_none=True)
+    model_version = fields.String(allow_none=True)
+    status = fields.String(metadata={"enum": list(FEEDBACK_STATUSES)})
+    reason = fields.String(allow_none=True, metadata={"description": "why it has its status (a short code)",
+                                                      "example": "account_outlier"})
+    detail = fields.Dict(allow_none=True, metadata={"description": "the numbers behind the reason"})
+    reviewed_by = fields.Integer(allow_none=True, metadata={"description": "the admin who last reviewed it"})
+    reviewed_at = UtcDateTime(allow_none=True)
+    image_url = fields.String(metadata={"example": "/admin/images/9f86d08...", "description": "admins only"})
+    created_at = UtcDateTime()
+
+
+class ReviewPredictionItemSchema(Schema):
+    prediction_id = fields.Integer()
+    predicted = fields.Integer()
+    confidence = fields.Float()
+    probabilities = fields.List(fields.Float(), metadata={"description": "10 probabilities, digit 0 first"})
+    model_version = fields.String()
+    user_id = fields.Integer(allow_none=True)
+    username = fields.String(allow_none=True)
+    image_url = fields.String()
+    created_at = UtcDateTime()
+
+
+class ReviewItem(fields.Field):
+    """One queue item: a feedback row (the quarantined queue) or a prediction (the uncertain queue).
+
+    The two schemas are registered as components by ``register_review_schemas``, so the
+    OpenAPI document can name them in a ``oneOf``.
+    """
+
+    def __init__(self, **kwargs):
+        refs = [{"$ref": f"#/components/schemas/{name}"} for name in REVIEW_ITEM_SCHEMAS]
+        super().__init__(metadata={"oneOf": refs}, **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        schema = ReviewFeedbackItemSchema if "feedback_id" in value else ReviewPredictionItemSchema
+        return schema().dump(value)
+
+
+REVIEW_ITEM_SCHEMAS = {"ReviewFeedbackItem": ReviewFeedbackItemSchema, "ReviewPredictionItem": ReviewPredictionItemSchema}
+
+
+def register_review_schemas(spec):
+    """Name the queue's item schemas in the document before any endpoint refers to them."""
+    for name, schema in REVIEW_ITEM_SCHEMAS.items():
+        spec.components.schema(name, schema=schema)
+
+
+class ReviewPageSchema(Schema):
+    queue = fields.String(metadata={"enum": list(REVIEW_QUEUES)})
+    items = fields.List(ReviewItem(), metadata={"description": "ReviewFeedbackItem (quarantined queue) or "
+                                                               "ReviewPredictionItem (uncertain queue)"})
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+    pages = fields.Integer()
+
+
+class ReviewActionSchema(Schema):
+    action = fields.String(required=True, validate=validate.OneOf(REVIEW_ACTIONS))
+    label = fields.Integer(strict=True, validate=validate.Range(0, 9))
+
+    @validates_schema
+    def _relabel_needs_a_label(self, data, **_):
+        if data["action"] == "relabel" and "label" not in data:
+            raise ValidationError("required for relabel", "label")
+
+
+class BulkReviewSchema(ReviewActionSchema):
+    feedback_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(1, MAX_ID)), required=True,
+                               validate=validate.Length(1, BULK_MAX_IDS))
+
+
+def review_action_body(bulk=False):
+    """The OpenAPI request body of ReviewActionSchema / BulkReviewSchema.
+
+    Written out because "label is required for relabel" takes a ``oneOf`` that marshmallow
+    cannot describe; the constraints are the schemas' own constants.
+    """
+    label = {"type": "integer", "minimum": 0, "maximum": 9}
+    extra = {}
+    if bulk:
+        extra = {"feedback_ids": {"type": "array", "minItems": 1, "maxItems": BULK_MAX_IDS,
+                                  "items": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                                  "description": f"1 to {BULK_MAX_IDS} feedback ids: all exist or nothing changes"}}
+    required = ["feedback_ids"] if bulk else []
+    decide = {"type": "object", "additionalProperties": False, "required": ["action", *required], "properties": {
+        "action": {"type": "string", "enum": ["accept", "reject"]},
+        "label": {**label, "description": "optional: the label the admin saw; if the row's label is no longer this "
+                                          "(its owner changed it), 409 label_changed and nothing changes"},
+        **extra}}
+    relabel = {"type": "object", "additionalProperties": False, "required": ["action", "label", *required],
+               "properties": {"action": {"type": "string", "enum": ["relabel"]},
+                              "label": {**label, "description": "the admin's label: the row becomes accepted with it"},
+                              **extra}}
+    return {"required": True, "content": {"application/json": {"schema": {"oneOf": [decide, relabel]}}}}
+
+
+class BulkReviewResultSchema(Schema):
+    updated = fields.Integer()
+    items = fields.List(fields.Nested(ReviewFeedbackItemSchema))
+
+
+class AdminLabelSchema(Schema):
+    label = fields.Integer(required=True, strict=True, validate=validate.Range(0, 9))

@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 
 from app.api.uploads import upload_endpoint, read_multipart_file
 from app.errors import ApiError, ValidationFailed
-from app.schemas import FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
+from app.schemas import ErrorSchema, FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
 from app.services import feedback as feedback_service
 
 bp = Blueprint("feedback", __name__, url_prefix="/api/v2", description="Feedback on predictions")
@@ -32,12 +32,14 @@ FEEDBACK_BODY = {
 @bp.post("/feedback")
 @jwt_required()
 @bp.response(201, FeedbackSchema)
+@bp.alt_response(409, schema=ErrorSchema, description="feedback_reviewed: an admin has reviewed this label")
 @upload_endpoint(bp)
 @bp.doc(security=[{"bearerAuth": []}], requestBody=FEEDBACK_BODY)
 def give():
     """Tell the service the true digit: JSON ``{prediction_id, label}`` or multipart ``file`` + ``label``.
 
-    Giving feedback on the same prediction again replaces its label.
+    Giving feedback on the same prediction again replaces its label, unless an admin has
+    reviewed it (409).
     """
     user_id = int(get_jwt_identity())
     if request.mimetype.startswith("multipart/form-data"):

@@ -5,8 +5,8 @@ import math
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 
-from app.entities import Feedback, Prediction, RetrainJob, utcnow
-from app.errors import Forbidden, NotFound, ValidationFailed
+from app.entities import FEEDBACK_STATUSES, Feedback, Prediction, RetrainJob, utcnow
+from app.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.extensions import db
 from app.metrics import observe_feedback
 from app.services.model_versions import ensure_active_version
@@ -32,8 +32,17 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
         raise Forbidden("you can only give feedback on your own predictions")
     feedback = prediction.feedback
     if feedback is not None:
+        # An admin's decision is final for the account: else a held label could be swapped after review.
+        if feedback.reviewed_by is not None and not is_admin:
+            raise _reviewed(feedback.id)
         feedback.label = label
         feedback.updated_at = utcnow()
+        db.session.flush()
+        # Checked again holding the row's write lock: an admin may have reviewed it since it was read.
+        reviewer = db.session.scalar(db.select(Feedback.reviewed_by).where(Feedback.id == feedback.id))
+        if reviewer is not None and not is_admin:
+            db.session.rollback()
+            raise _reviewed(feedback.id)
         db.session.commit()
         observe_feedback(feedback, prediction)
         return feedback, False
@@ -48,6 +57,11 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
         return give_feedback(prediction_id, label, user_id=user_id, is_admin=is_admin)
     observe_feedback(feedback, prediction)
     return feedback, True
+
+
+def _reviewed(feedback_id):
+    return Conflict("an admin has reviewed this label; it can no longer be changed", code="feedback_reviewed",
+                    details={"feedback_id": feedback_id})
 
 
 def give_labelled_sample(upload, label, *, user_id):
@@ -68,6 +82,7 @@ def serialize(feedback):
         "id": feedback.id,
         "prediction_id": feedback.prediction_id,
         "label": feedback.label,
+        "status": feedback.status,
         "predicted": prediction.predicted if prediction else None,
         "model_version": prediction.model_version if prediction else None,
         "created_at": feedback.created_at,
@@ -104,6 +119,10 @@ def stats():
     for label, count in db.session.execute(db.select(Feedback.label, func.count()).group_by(Feedback.label)):
         per_label[str(label)] = count
 
+    per_status = dict.fromkeys(FEEDBACK_STATUSES, 0)
+    for status, count in db.session.execute(db.select(Feedback.status, func.count()).group_by(Feedback.status)):
+        per_status[status] = count
+
     per_version = {}
     rows = db.session.execute(
         db.select(
@@ -131,6 +150,7 @@ def stats():
     return {
         "total": total,
         "per_label": per_label,
+        "per_status": per_status,
         "per_model_version": per_version,
         "live_model_version": live.version if live else None,
         "live_model_error_rate": live_stats["error_rate"] if live_stats else None,

@@ -60,7 +60,7 @@ def recent_jobs(limit):
 
 
 def usable_feedback_count():
-    return db.session.scalar(db.select(db.func.count(Feedback.id)))
+    return db.session.scalar(db.select(db.func.count(Feedback.id)).where(Feedback.status == "accepted"))
 
 
 def _pid_alive(pid):
@@ -200,6 +200,7 @@ def load_training_data():
 
     rows = db.session.execute(
         db.select(Feedback.label, StoredImage.data).join(StoredImage, Feedback.image_sha256 == StoredImage.sha256)
+        .where(Feedback.status == "accepted")  # quarantined and rejected labels are never trained on
         .order_by(Feedback.id)
     ).all()
     max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
