@@ -32,12 +32,12 @@ async function loadModels() {
       return el("tr", { "data-version": model.version, class: model.active ? "active" : null },
         el("th", { scope: "row", text: model.version }),
         el("td", { class: "model-status", text: model.status }),
-        el("td", { text: model.parent_version || "–" }),
+        el("td", { class: "wide-only", text: model.parent_version || "–" }),
         el("td", {},
           keyMetrics(model.metrics || {}),
           el("details", {}, el("summary", { text: "all metrics" }),
             el("pre", { text: JSON.stringify(model.metrics, null, 1) }))),
-        el("td", { text: when(model.created_at) }),
+        el("td", { class: "wide-only", text: when(model.created_at) }),
         el("td", {}, action));
     }));
     status.textContent = body.served_version && body.served_version !== body.active_version
