@@ -43,10 +43,14 @@ def test_scripts_never_put_tokens_in_web_storage_or_cookies(client):
 
 
 def test_pages_do_not_count_against_rate_limits_but_the_api_still_does(make_app, tiny_model_dir):
-    client = make_app(MODEL_DIR=str(tiny_model_dir), RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per day").test_client()
+    """The default limits are fixed by the first app of a process that uses the shared
+    limiter, so they are checked on a real server too: tests/e2e/test_browser.py."""
+    client = make_app(MODEL_DIR=str(tiny_model_dir), RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per day",
+                      RATELIMIT_LOGIN="2 per day").test_client()
     assert [client.get(path).status_code for path in ["/", "/admin", "/assets/app.css"] * 2] == [200] * 6
-    statuses = [client.get("/api/v2/predictions").status_code for _ in range(3)]
-    assert statuses == [401, 401, 429]
+    logins = [client.post("/auth/login", json={"username": "nobody", "password": "x" * 12}).status_code
+              for _ in range(3)]
+    assert logins == [401, 401, 429]
 
 
 def test_the_api_is_unchanged_by_the_pages(client):

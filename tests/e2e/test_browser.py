@@ -234,6 +234,14 @@ def test_draw_predict_correct_it_and_see_it_counted_on_the_admin_page(browser, l
     phone_admin.close()
 
 
+def test_pages_do_not_count_against_the_default_limits_on_a_real_server(live_server):
+    server = live_server(env={"RATELIMIT_ENABLED": "true", "RATELIMIT_DEFAULT": "3 per day"})
+    paths = ["/", "/admin", "/assets/app.css", "/assets/draw.js", "/assets/admin.js"] * 3
+    assert [requests.get(server.url + path, timeout=10).status_code for path in paths] == [200] * 15
+    limited = [requests.get(server.url + "/api/v2/predictions", timeout=10).status_code for _ in range(4)]
+    assert limited == [401, 401, 401, 429]  # what the pages ask the API is limited as before
+
+
 def retrained_server(live_server, tiny_model_source, replay_digits):
     """A server on the tiny model (a retrain takes seconds) with enough feedback to retrain."""
     server = live_server(env=LOOP_ENV, model_source=tiny_model_source)

@@ -228,6 +228,7 @@ function renderErrorChart(byDay) {
 
 async function loadStats() {
   const status = $("stats-status");
+  status.textContent = "Loading…"; // the first call computes the live model's drift reference
   let stats = null;
   let feedback;
   try {
