@@ -248,11 +248,11 @@ function addToHistory(item) {
 function renderHistory() {
   const body = $("predictions");
   body.replaceChildren(...history.map((item) => el("tr", { "data-prediction-id": item.prediction_id },
-    el("td", { text: item.prediction_id }),
+    el("td", { class: "wide-only", text: item.prediction_id }),
     el("td", { text: when(item.created_at) }),
     el("td", { text: item.prediction }),
     el("td", { text: percent(item.confidence) }),
-    el("td", { text: item.model_version }),
+    el("td", { class: "wide-only", text: item.model_version }),
     el("td", { class: "label", text: item.feedback_label ?? "–" }))));
   if (!history.length) body.append(el("tr", {}, el("td", { colspan: 6, text: "Nothing yet." })));
 }
