@@ -131,6 +131,7 @@ def _sqlite_pragmas(dbapi_connection, _record):
 
 
 def register_blueprints(app):
+    from app import web
     from app.api import admin, auth, feedback, health, predict_v1, predict_v2, review
     from app.extensions import api
     from app.schemas import register_review_schemas
@@ -148,6 +149,7 @@ def register_blueprints(app):
         review.bp,
     ):
         api.register_blueprint(blueprint)
+    web.init_app(app)  # HTML pages: not part of the OpenAPI document
 
 
 def register_api_docs(app):

@@ -143,6 +143,25 @@ class FeedbackPageSchema(Schema):
     pages = fields.Integer()
 
 
+class OwnPredictionSchema(Schema):
+    prediction_id = fields.Integer()
+    prediction = fields.Integer()
+    confidence = fields.Float()
+    probabilities = fields.List(fields.Float(), metadata={"description": "10 probabilities, digit 0 first"})
+    model_version = fields.String()
+    api_version = fields.String(metadata={"example": "v2"})
+    created_at = UtcDateTime()
+    feedback_label = fields.Integer(allow_none=True, metadata={"description": "the label the caller gave it, if any"})
+
+
+class PredictionPageSchema(Schema):
+    items = fields.List(fields.Nested(OwnPredictionSchema))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+    pages = fields.Integer()
+
+
 class FeedbackStatsSchema(Schema):
     total = fields.Integer()
     per_label = fields.Dict(keys=fields.String(), values=fields.Integer())

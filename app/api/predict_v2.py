@@ -12,7 +12,8 @@ from app.api.uploads import (
     read_single_upload,
 )
 from app.extensions import limiter
-from app.schemas import BatchPredictionSchema, PredictionV2Schema
+from app.schemas import BatchPredictionSchema, PageQuerySchema, PredictionPageSchema, PredictionV2Schema
+from app.services import predictions as prediction_service
 from app.services.predictions import predict_uploads
 
 bp = Blueprint("predict_v2", __name__, url_prefix="/api/v2", description="Predict, version 2")
@@ -58,3 +59,13 @@ def predict_batch():
     uploads = read_many_uploads(limit=current_app.config["BATCH_MAX_FILES"])
     rows, version = predict_uploads(uploads, user_id=int(get_jwt_identity()), api_version="v2")
     return {"predictions": [v2_body(row) for row in rows], "model_version": version}
+
+
+@bp.get("/predictions")
+@jwt_required()
+@bp.arguments(PageQuerySchema, location="query")
+@bp.response(200, PredictionPageSchema)
+@bp.doc(security=[{"bearerAuth": []}])
+def list_own(query):
+    """The caller's own predictions, newest first, with the label given to each (``?page=&per_page=``)."""
+    return prediction_service.list_own(int(get_jwt_identity()), query["page"], query["per_page"])

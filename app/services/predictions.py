@@ -1,12 +1,14 @@
 """Predictions: preprocess uploads, run one batched inference, store what was asked and answered."""
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import insert
+from sqlalchemy import func, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import selectinload
 
 from app.entities import Prediction, StoredImage
 from app.extensions import db
@@ -101,3 +103,33 @@ def predict_uploads(uploads, *, user_id, api_version):
     ]
     observe_predictions(results)
     return results, version
+
+
+def list_own(user_id, page, per_page):
+    """The caller's own predictions, newest first, each with the label they gave it (if any)."""
+    query = db.select(Prediction).filter_by(user_id=user_id)
+    total = db.session.scalar(db.select(func.count()).select_from(query.subquery()))
+    rows = db.session.execute(
+        query.options(selectinload(Prediction.feedback))
+        .order_by(Prediction.id.desc()).limit(per_page).offset((page - 1) * per_page)
+    ).scalars().all()
+    return {
+        "items": [_own_body(row) for row in rows],
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "pages": math.ceil(total / per_page) if total else 0,
+    }
+
+
+def _own_body(row):
+    return {
+        "prediction_id": row.id,
+        "prediction": row.predicted,
+        "confidence": row.confidence,
+        "probabilities": row.probabilities,
+        "model_version": row.model_version,
+        "api_version": row.api_version,
+        "created_at": row.created_at,
+        "feedback_label": row.feedback.label if row.feedback else None,
+    }
