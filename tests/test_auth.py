@@ -85,6 +85,8 @@ def test_malformed_json_is_400(client):
         ({"username": "bob", "password": "short"}, "password"),
         ({"username": "b", "password": "long-enough-1"}, "username"),
         ({"username": "bad name!", "password": "long-enough-1"}, "username"),
+        ({"username": "bob\n", "password": "long-enough-1"}, "username"),  # `$` alone lets this through
+        ({"username": "bob", "password": "é" * 40}, "password"),  # 40 characters, 80 bytes
         ({"username": "bob", "password": "x" * 73}, "password"),
         ({"username": "bob", "password": "long-enough-1", "email": "not-an-email"}, "email"),
     ],
