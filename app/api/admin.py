@@ -2,7 +2,7 @@
 
 from flask import current_app, url_for
 from flask_jwt_extended import get_jwt_identity
-from flask_smorest import Blueprint
+from app.api import Blueprint
 
 from app.schemas import (
     MAX_ID,

@@ -2,7 +2,7 @@
 
 from flask import request
 from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
+from app.api import Blueprint
 
 from app.api.uploads import upload_endpoint, read_multipart_file
 from app.errors import ApiError, ValidationFailed

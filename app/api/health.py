@@ -1,7 +1,7 @@
 """Liveness and readiness probes, and the Prometheus scrape."""
 
 from flask import current_app
-from flask_smorest import Blueprint
+from app.api import Blueprint
 
 from app import metrics
 from app.errors import error_response

@@ -2,7 +2,7 @@
 
 from flask import current_app
 from flask_jwt_extended import get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
+from app.api import Blueprint
 
 from app.api.uploads import (
     MANY_UPLOADS_BODY,
