@@ -194,3 +194,17 @@ def test_purge_revocations_command_deletes_only_expired_rows(app, runner):
     assert "2 expired revocations deleted" in result.output
     with app.app_context():
         assert sorted(db.session.scalars(db.select(RevokedToken.jti))) == ["old-2", "old-3"]
+
+
+def test_two_trusted_proxies_take_the_client_from_the_second_hop_from_the_right(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="1 per minute", PROXY_FIX_HOPS=2)
+    client = app.test_client()
+
+    def attempt(forwarded_for):
+        return client.post("/auth/login", json={"username": "x", "password": "wrong-password"},
+                           headers={"X-Forwarded-For": forwarded_for}).status_code
+
+    # client 198.51.100.7, then the two proxies' addresses; what the client forged before them is ignored
+    assert attempt("203.0.113.1, 198.51.100.7, 10.0.0.1") == 401
+    assert attempt("203.0.113.2, 198.51.100.7, 10.0.0.2") == 429
+    assert attempt("198.51.100.8, 10.0.0.1") == 401
