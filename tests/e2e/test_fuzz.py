@@ -3,7 +3,9 @@
 A production-config gunicorn on loopback; schemathesis (pinned in requirements.txt) runs
 its examples, coverage, fuzzing and stateful phases with every check, configured by
 ``tests/e2e/schemathesis.toml``: once logged in as a user, once as an admin. The whole
-document is fuzzed, so an endpoint added to it is covered with no change here.
+document is fuzzed, so an endpoint added to it is covered with no change here. As the user,
+a second, stateful-only run over register, login, predict and feedback must follow the
+links between them (the whole-document stateful phase wanders and may not).
 
 How the server is set up for it, and why:
 - rate limits on, with every limit out of reach: the limiter runs on each request (its
@@ -40,16 +42,48 @@ FUZZ_ENV = {
 }
 
 
-def run_schemathesis(server, username, password, metrics_token, workdir):
-    """schemathesis against ``server`` as ``username``; returns (exit status, output, JSON report)."""
+def run_schemathesis(server, username, password, metrics_token, workdir, *options):
+    """schemathesis against ``server`` as ``username``; returns its exit status, output and event log."""
     workdir.mkdir()  # it writes .schemathesis/ where it runs
     env = {**os.environ, "FUZZ_USERNAME": username, "FUZZ_PASSWORD": password, "FUZZ_METRICS_TOKEN": metrics_token}
     result = subprocess.run(
         [str(BIN / "schemathesis"), "--config-file", str(CONFIG), "run", server.url + "/openapi.json",
-         "--seed", SEED, "--no-color", "--report", "ndjson", "--report-ndjson-path", str(workdir / "events.ndjson")],
+         "--seed", SEED, "--no-color", "--report", "ndjson", "--report-ndjson-path", str(workdir / "events.ndjson"),
+         *options],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
     )
-    return result.returncode, result.stdout + result.stderr
+    return result.returncode, result.stdout + result.stderr, workdir / "events.ndjson"
+
+
+# The flow the document's links describe. The whole-document run's stateful phase wanders
+# over every operation and link; a second, stateful-only run over just these operations
+# must follow each of these links.
+FLOW = ["/auth/register", "/auth/login", "/api/v2/predict", "/api/v2/feedback"]
+CHAIN = {
+    "POST /auth/register -> [201] login -> POST /auth/login",
+    "POST /auth/login -> [200] predict -> POST /api/v2/predict",
+    "POST /api/v2/predict -> [200] feedback -> POST /api/v2/feedback",
+}
+
+
+def followed_links(events):
+    """Ids of the links the stateful phase followed, from schemathesis' NDJSON event log."""
+    followed = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            transition = node.get("transition")
+            if isinstance(transition, dict) and transition.get("id"):
+                followed.add(transition["id"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for line in events.read_text().splitlines():
+        walk(json.loads(line))
+    return followed
 
 
 def summary(output):
@@ -82,10 +116,17 @@ def test_the_api_keeps_to_its_own_openapi_document(live_server, tmp_path, role):
         for method in item
     )
 
-    status, output = run_schemathesis(server, username, password, metrics_token, tmp_path / "schemathesis")
+    status, output, _ = run_schemathesis(server, username, password, metrics_token, tmp_path / "whole")
 
     figures = summary(output)
     print(f"fuzz as {role}: {json.dumps(figures)}")  # the README's figures (pytest -s shows them)
     assert status == 0, output[-8000:] + "\n--- server log ---\n" + server.log()
     assert figures["operations"] == figures["selected"] == figures["tested"] == operations, output[-3000:]
-    assert figures["links_covered"], output[-3000:]  # the stateful phase followed the document's links
+
+    if role == "user":
+        paths = [option for path in FLOW for option in ("--include-path", path)]
+        status, output, events = run_schemathesis(server, username, password, metrics_token, tmp_path / "flow",
+                                                  "--phases", "stateful", "--max-examples", "30", *paths)
+        print(f"flow as {role}: {json.dumps(summary(output))}")
+        assert status == 0, output[-8000:] + "\n--- server log ---\n" + server.log()
+        assert CHAIN <= followed_links(events), output[-3000:]
