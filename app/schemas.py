@@ -54,7 +54,8 @@ class RegisterSchema(Schema):
         required=True,
         load_only=True,
         # bcrypt counts bytes, JSON Schema characters: maxLength is the ASCII case.
-        validate=validate.Length(min=PASSWORD_MIN_LENGTH, max=PASSWORD_MAX_BYTES),
+        validate=validate.Length(min=PASSWORD_MIN_LENGTH, max=PASSWORD_MAX_BYTES,
+                                 error="{min} characters to {max} bytes"),
         metadata={"example": "correct horse battery",
                   "description": f"{PASSWORD_MIN_LENGTH} characters to {PASSWORD_MAX_BYTES} bytes of UTF-8"},
     )

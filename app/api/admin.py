@@ -2,8 +2,8 @@
 
 from flask import current_app, url_for
 from flask_jwt_extended import get_jwt_identity
-from app.api import Blueprint
 
+from app.api import Blueprint
 from app.schemas import (
     MAX_ID,
     FeedbackStatsSchema,

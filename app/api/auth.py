@@ -2,8 +2,8 @@
 
 from flask import current_app, request
 from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
-from app.api import Blueprint
 
+from app.api import Blueprint
 from app.extensions import limiter
 from app.schemas import (
     AccessTokenSchema,

@@ -2,8 +2,8 @@
 
 from flask import current_app
 from flask_jwt_extended import get_jwt_identity, jwt_required
-from app.api import Blueprint
 
+from app.api import Blueprint
 from app.api.uploads import (
     MANY_UPLOADS_BODY,
     SINGLE_UPLOAD_OR_BASE64_BODY,
