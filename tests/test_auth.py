@@ -77,6 +77,14 @@ def test_malformed_json_is_400(client):
     assert "error" in response.get_json()
 
 
+@pytest.mark.parametrize("path", ["/auth/register", "/auth/login", "/login"])
+def test_a_body_that_is_not_json_is_415_not_missing_fields(client, app, path):
+    response = client.post(path, data={"username": "eve", "password": "long-enough-1"})  # a form
+    assert response.status_code == 415 and response.get_json()["error"]["code"] == "unsupported_media_type"
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count(User.id))) == 0
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
