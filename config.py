@@ -53,7 +53,8 @@ class Config:
     JWT_REFRESH_TOKEN_EXPIRES = timedelta(days=env_int("JWT_REFRESH_DAYS", 30))
     JWT_ERROR_MESSAGE_KEY = "message"
 
-    BCRYPT_LOG_ROUNDS = 12
+    # bcrypt's cost (each step doubles the work of a login). Lower only for test servers.
+    BCRYPT_LOG_ROUNDS = env_int("BCRYPT_LOG_ROUNDS", 12)
 
     MAX_CONTENT_LENGTH = env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024)
     MAX_FORM_PARTS = 200

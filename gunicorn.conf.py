@@ -5,8 +5,11 @@ watcher thread keeps it in step with the active version in the database.
 """
 
 import glob
+import json
 import os
 import tempfile
+
+from gunicorn import util
 
 bind = os.environ.get("GUNICORN_BIND", f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -37,6 +40,19 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 # access log would interleave with them.
 if os.environ.get("LOG_FORMAT") == "json" and "GUNICORN_ACCESSLOG" not in os.environ:
     accesslog = None
+
+
+def _json_error(sock, status_int, reason, mesg):
+    """gunicorn's own refusals, before the app sees a request (request line over 4094 bytes,
+    a header over 8190, malformed HTTP), in the API's JSON error shape, not an HTML page."""
+    code = reason.lower().replace(" ", "_").replace("'", "")
+    body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+util.write_error = _json_error  # gunicorn's workers look it up on the module at each error
 
 
 def on_starting(server):

@@ -114,6 +114,10 @@ def register_extensions(app):
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
     api.spec.components.security_scheme(
+        "refreshToken",
+        {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "the refresh token from login"},
+    )
+    api.spec.components.security_scheme(
         "metricsToken", {"type": "http", "scheme": "bearer", "description": "the METRICS_TOKEN setting"}
     )
 

@@ -7,13 +7,23 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 
 from app.entities import FEEDBACK_STATUSES
 
-USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
+# Usernames: letters, digits, '_', '.', '-'. Checked with fullmatch: a `$` also matches
+# before a trailing newline, and "ada\n" would have been a second "ada".
+USERNAME_CHARS = "A-Za-z0-9_.-"
+USERNAME_MIN_LENGTH, USERNAME_MAX_LENGTH = 3, 32
+USERNAME_PATTERN = re.compile(f"[{USERNAME_CHARS}]*")
 PASSWORD_MIN_LENGTH = 8
 # bcrypt only reads 72 bytes (bcrypt 5 raises beyond): refuse instead of silently truncating.
 PASSWORD_MAX_BYTES = 72
 # Ids are INTEGER columns (32-bit on PostgreSQL): a larger number can name no row, and
 # handing it to the database driver would overflow instead of answering.
 MAX_ID = 2**31 - 1
+
+
+def link_to(path, method="post", **definition):
+    """An OpenAPI link to the operation at ``path``: which values of this exchange it takes
+    (clients and the stateful fuzzer follow them, e.g. from a prediction to its feedback)."""
+    return {"operationRef": "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method, **definition}
 
 
 class UtcDateTime(fields.DateTime):
@@ -36,19 +46,30 @@ class ErrorSchema(Schema):
 
 
 class RegisterSchema(Schema):
-    username = fields.String(required=True, metadata={"example": "ada"})
-    password = fields.String(required=True, load_only=True, metadata={"example": "correct horse battery"})
+    # The limits are validators (not only checks in code) so that /openapi.json states them.
+    username = fields.String(
+        required=True,
+        validate=validate.Length(USERNAME_MIN_LENGTH, USERNAME_MAX_LENGTH),
+        metadata={"example": "ada", "pattern": f"^[{USERNAME_CHARS}]*$"},
+    )
+    password = fields.String(
+        required=True,
+        load_only=True,
+        # bcrypt counts bytes, JSON Schema characters: maxLength is the ASCII case.
+        validate=validate.Length(min=PASSWORD_MIN_LENGTH, max=PASSWORD_MAX_BYTES,
+                                 error="{min} characters to {max} bytes"),
+        metadata={"example": "correct horse battery",
+                  "description": f"{PASSWORD_MIN_LENGTH} characters to {PASSWORD_MAX_BYTES} bytes of UTF-8"},
+    )
     email = fields.Email(load_default=None, allow_none=True)
 
     @validates("username")
     def _username(self, value, **_):
-        if not USERNAME_PATTERN.match(value):
-            raise ValidationError("3-32 characters: letters, digits, '_', '.', '-'")
+        if not USERNAME_PATTERN.fullmatch(value):
+            raise ValidationError("only letters, digits, '_', '.' and '-'")
 
     @validates("password")
     def _password(self, value, **_):
-        if len(value) < PASSWORD_MIN_LENGTH:
-            raise ValidationError(f"at least {PASSWORD_MIN_LENGTH} characters")
         if len(value.encode("utf-8")) > PASSWORD_MAX_BYTES:
             raise ValidationError(f"at most {PASSWORD_MAX_BYTES} bytes")
 

@@ -6,8 +6,8 @@ from flask import g
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from sqlalchemy import bindparam, select
 
-from app.entities import RevokedToken
-from app.errors import Forbidden, error_response
+from app.entities import RevokedToken, User
+from app.errors import Forbidden, Unauthorized, error_response
 from app.extensions import db, jwt
 
 # Run on every authenticated request, so built once, on the table: building the Select and
@@ -18,21 +18,30 @@ _IS_REVOKED = select(_REVOKED.c.id).where(_REVOKED.c.jti == bindparam("jti"))
 
 
 def role_required(role):
-    """Allow only tokens whose ``role`` claim is ``role``.
+    """Allow only a token whose ``role`` claim is ``role``, of an active account that still
+    has that role.
 
-    The role is read from the signed claim (refreshed from the database at every refresh),
-    so checking it costs no database lookup and cannot race with a concurrent role change
-    for longer than one access token's life.
+    The claim is checked first (no lookup for the wrong role); then one primary-key lookup,
+    because the claim alone would let a deactivated, deleted or demoted admin in until the
+    access token expires. Only admin endpoints pay it; ``required_role`` on the view lets
+    tests find every endpoint that needs a role.
     """
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
             verify_jwt_in_request()
-            if get_jwt().get("role") != role:
+            claims = get_jwt()
+            if claims.get("role") != role:
+                raise Forbidden(f"this endpoint requires the {role} role")
+            user = db.session.get(User, int(claims["sub"]))
+            if user is None or not user.active:
+                raise Unauthorized("account is no longer active", code="account_inactive")
+            if user.role != role:
                 raise Forbidden(f"this endpoint requires the {role} role")
             return view(*args, **kwargs)
 
+        wrapper.required_role = role
         return wrapper
 
     return decorator

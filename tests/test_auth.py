@@ -77,6 +77,14 @@ def test_malformed_json_is_400(client):
     assert "error" in response.get_json()
 
 
+@pytest.mark.parametrize("path", ["/auth/register", "/auth/login", "/login"])
+def test_a_body_that_is_not_json_is_415_not_missing_fields(client, app, path):
+    response = client.post(path, data={"username": "eve", "password": "long-enough-1"})  # a form
+    assert response.status_code == 415 and response.get_json()["error"]["code"] == "unsupported_media_type"
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count(User.id))) == 0
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
@@ -85,6 +93,8 @@ def test_malformed_json_is_400(client):
         ({"username": "bob", "password": "short"}, "password"),
         ({"username": "b", "password": "long-enough-1"}, "username"),
         ({"username": "bad name!", "password": "long-enough-1"}, "username"),
+        ({"username": "bob\n", "password": "long-enough-1"}, "username"),  # `$` alone lets this through
+        ({"username": "bob", "password": "é" * 40}, "password"),  # 40 characters, 80 bytes
         ({"username": "bob", "password": "x" * 73}, "password"),
         ({"username": "bob", "password": "long-enough-1", "email": "not-an-email"}, "email"),
     ],
@@ -192,3 +202,17 @@ def test_purge_revocations_command_deletes_only_expired_rows(app, runner):
     assert "2 expired revocations deleted" in result.output
     with app.app_context():
         assert sorted(db.session.scalars(db.select(RevokedToken.jti))) == ["old-2", "old-3"]
+
+
+def test_two_trusted_proxies_take_the_client_from_the_second_hop_from_the_right(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="1 per minute", PROXY_FIX_HOPS=2)
+    client = app.test_client()
+
+    def attempt(forwarded_for):
+        return client.post("/auth/login", json={"username": "x", "password": "wrong-password"},
+                           headers={"X-Forwarded-For": forwarded_for}).status_code
+
+    # client 198.51.100.7, then the two proxies' addresses; what the client forged before them is ignored
+    assert attempt("203.0.113.1, 198.51.100.7, 10.0.0.1") == 401
+    assert attempt("203.0.113.2, 198.51.100.7, 10.0.0.2") == 429
+    assert attempt("198.51.100.8, 10.0.0.1") == 401

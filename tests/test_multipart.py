@@ -111,6 +111,15 @@ def test_missing_boundary_is_a_clear_400(client, auth, png):
     assert message.startswith("malformed multipart body: ") and "boundary" in message
 
 
+@pytest.mark.parametrize("path", ["/api/v1/predict", "/api/v2/predict"])
+def test_two_files_where_one_is_taken_are_422_and_nothing_is_stored(app, client, auth, png, path):
+    body, content_type = encode([("file", ("a.png", png)), ("file", ("b.png", png))])
+    response = client.post(path, headers=auth.headers(), data=body, content_type=content_type)
+    assert response.status_code == 422 and response.get_json()["error"]["details"] == {"file": ["exactly one file"]}
+    with app.app_context():
+        assert count(Prediction) == 0 and count(StoredImage) == 0
+
+
 def test_too_many_parts_is_413(app, client, auth):
     limit = app.config["MAX_FORM_PARTS"]
     body, content_type = encode([("f", "1")] * (limit + 1))

@@ -1,0 +1,22 @@
+"""The HTTP layer. Its blueprints share one flask-smorest ``Blueprint`` class, whose
+argument parser answers a body that is not JSON with 415."""
+
+import flask_smorest
+from webargs.flaskparser import FlaskParser, is_json_request
+
+from app.errors import ApiError
+
+
+class _JsonBodyParser(FlaskParser):
+    """webargs reads a form or text body as a JSON body with every field missing, and the
+    client would be told that its fields are missing; the body's type is what is wrong."""
+
+    def _raw_load_json(self, req):
+        has_body = bool(req.content_length) or "chunked" in req.headers.get("Transfer-Encoding", "")
+        if has_body and not is_json_request(req):
+            raise ApiError("send the body as application/json", status=415, code="unsupported_media_type")
+        return super()._raw_load_json(req)
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = _JsonBodyParser()

@@ -2,8 +2,8 @@
 
 from flask import current_app, url_for
 from flask_jwt_extended import get_jwt_identity
-from flask_smorest import Blueprint
 
+from app.api import Blueprint
 from app.schemas import (
     MAX_ID,
     FeedbackStatsSchema,
@@ -13,6 +13,7 @@ from app.schemas import (
     RetrainJobSchema,
     RetrainRequestSchema,
     StatsSchema,
+    link_to,
 )
 from app.security import role_required
 from app.services import feedback as feedback_service
@@ -21,6 +22,7 @@ from app.services import model_versions, monitoring, retraining
 bp = Blueprint("admin", __name__, url_prefix="/admin", description="Administration (admin role)")
 
 ADMIN = [{"bearerAuth": []}]
+JOB_STATUS = "/admin/retrain/{job_id}"
 
 
 def _version_body(row):
@@ -40,7 +42,9 @@ def _version_body(row):
 @bp.get("/models")
 @role_required("admin")
 @bp.response(200, ModelListSchema)
-@bp.doc(security=ADMIN)
+@bp.doc(security=ADMIN, responses={"200": {"links": {"activate": link_to(
+    "/admin/models/{version}/activate", parameters={"version": "$response.body#/active_version"},
+    description="activate a listed version again (here: the active one, which changes nothing)")}}})
 def list_models():
     """Every model version with its metrics, and which one is active."""
     active = model_versions.ensure_active_version()
@@ -88,7 +92,8 @@ def stats():
 @bp.response(202, RetrainAcceptedSchema)
 @bp.alt_response(409, description="a job is already queued or running")
 @bp.alt_response(422, description="too little feedback")
-@bp.doc(security=ADMIN)
+@bp.doc(security=ADMIN, responses={"202": {"links": {"status": link_to(
+    JOB_STATUS, "get", parameters={"job_id": "$response.body#/job_id"}, description="poll the job")}}})
 def start_retrain(data):
     """Start retraining on stored feedback in the background; poll ``status_url``."""
     job = retraining.start_retrain(requested_by=int(get_jwt_identity()), force=(data or {}).get("force", False))
@@ -108,7 +113,8 @@ def retrain_status(job_id):
 @bp.get("/retrain")
 @role_required("admin")
 @bp.response(200, RetrainJobSchema(many=True))
-@bp.doc(security=ADMIN)
+@bp.doc(security=ADMIN, responses={"200": {"links": {"status": link_to(
+    JOB_STATUS, "get", parameters={"job_id": "$response.body#/0/job_id"}, description="the newest job")}}})
 def list_retrain_jobs():
     """The 50 most recent retrain jobs, newest first."""
     return [retraining.job_body(job) for job in retraining.recent_jobs(50)]

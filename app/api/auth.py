@@ -2,8 +2,8 @@
 
 from flask import current_app, request
 from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
 
+from app.api import Blueprint
 from app.extensions import limiter
 from app.schemas import (
     AccessTokenSchema,
@@ -12,6 +12,7 @@ from app.schemas import (
     RegisterSchema,
     TokenPairSchema,
     UserSchema,
+    link_to,
 )
 from app.services import accounts
 
@@ -20,6 +21,7 @@ bp = Blueprint("auth", __name__, url_prefix="/auth", description="Accounts and t
 legacy_bp = Blueprint("legacy", __name__, description="Routes kept for old clients")
 
 BEARER = [{"bearerAuth": []}]
+REFRESH = [{"refreshToken": []}]
 
 
 def _login_limit():
@@ -35,6 +37,9 @@ def _register_limit():
 @bp.arguments(RegisterSchema)
 @bp.response(201, UserSchema)
 @bp.alt_response(409, description="username taken")
+@bp.doc(responses={"201": {"links": {"login": link_to(
+    "/auth/login", requestBody={"username": "$response.body#/username", "password": "$request.body#/password"},
+    description="log in with the new account")}}})
 def register(data):
     """Create an account (role ``user``)."""
     return accounts.create_user(data["username"], data["password"], email=data.get("email"))
@@ -50,6 +55,11 @@ def _login(data):
 @bp.arguments(LoginSchema)
 @bp.response(200, TokenPairSchema)
 @bp.alt_response(401, description="wrong username or password")
+@bp.doc(responses={"200": {"links": {
+    "me": link_to("/auth/me", "get", parameters={"header.Authorization": "Bearer {$response.body#/access_token}"}),
+    "predict": link_to("/api/v2/predict", parameters={"header.Authorization": "Bearer {$response.body#/access_token}"}),
+    "refresh": link_to("/auth/refresh", parameters={"header.Authorization": "Bearer {$response.body#/refresh_token}"}),
+}}})
 def login(data):
     """Exchange credentials for an access token and a refresh token."""
     return _login(data)
@@ -67,7 +77,7 @@ def legacy_login(data):
 @bp.post("/refresh")
 @jwt_required(refresh=True)
 @bp.response(200, AccessTokenSchema)
-@bp.doc(security=BEARER)
+@bp.doc(security=REFRESH)
 def refresh():
     """A new access token from a refresh token (send the refresh token as the bearer)."""
     return {"access_token": accounts.refresh_access_token(get_jwt_identity())}
@@ -76,7 +86,7 @@ def refresh():
 @bp.post("/logout")
 @jwt_required(verify_type=False)
 @bp.response(200, MessageSchema)
-@bp.doc(security=BEARER)
+@bp.doc(security=BEARER + REFRESH)
 def logout():
     """Revoke the bearer token; a JSON ``{"refresh_token": ...}`` body revokes that one too."""
     accounts.revoke_token(get_jwt())

@@ -1,9 +1,9 @@
 """Liveness and readiness probes, and the Prometheus scrape."""
 
 from flask import current_app
-from flask_smorest import Blueprint
 
 from app import metrics
+from app.api import Blueprint
 from app.errors import error_response
 from app.extensions import db, limiter
 from app.schemas import ErrorSchema, HealthSchema, ReadySchema

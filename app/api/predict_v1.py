@@ -2,8 +2,8 @@
 
 from flask import current_app
 from flask_jwt_extended import get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
 
+from app.api import Blueprint
 from app.api.uploads import SINGLE_UPLOAD_BODY, upload_endpoint, read_single_upload
 from app.extensions import limiter
 from app.schemas import PredictionV1Schema

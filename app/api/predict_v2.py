@@ -2,8 +2,8 @@
 
 from flask import current_app
 from flask_jwt_extended import get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
 
+from app.api import Blueprint
 from app.api.uploads import (
     MANY_UPLOADS_BODY,
     SINGLE_UPLOAD_OR_BASE64_BODY,
@@ -12,11 +12,16 @@ from app.api.uploads import (
     read_single_upload,
 )
 from app.extensions import limiter
-from app.schemas import BatchPredictionSchema, PageQuerySchema, PredictionPageSchema, PredictionV2Schema
+from app.schemas import BatchPredictionSchema, PageQuerySchema, PredictionPageSchema, PredictionV2Schema, link_to
 from app.services import predictions as prediction_service
 from app.services.predictions import predict_uploads
 
 bp = Blueprint("predict_v2", __name__, url_prefix="/api/v2", description="Predict, version 2")
+
+
+def _feedback_link(pointer):
+    return {"feedback": link_to("/api/v2/feedback", requestBody={"prediction_id": f"$response.body#{pointer}"},
+                                description="give the true label of this prediction")}
 
 
 def _v2_limit():
@@ -39,7 +44,8 @@ def v2_body(row):
 @limiter.limit(_v2_limit)
 @bp.response(200, PredictionV2Schema)
 @upload_endpoint(bp)
-@bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_OR_BASE64_BODY)
+@bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_OR_BASE64_BODY,
+        responses={"200": {"links": _feedback_link("/prediction_id")}})
 def predict():
     """Predict one image: multipart ``file`` or JSON ``{"image": "<base64>"}``."""
     [row], _version = predict_uploads(
@@ -53,7 +59,8 @@ def predict():
 @limiter.limit(_v2_limit)
 @bp.response(200, BatchPredictionSchema)
 @upload_endpoint(bp)
-@bp.doc(security=[{"bearerAuth": []}], requestBody=MANY_UPLOADS_BODY)
+@bp.doc(security=[{"bearerAuth": []}], requestBody=MANY_UPLOADS_BODY,
+        responses={"200": {"links": _feedback_link("/predictions/0/prediction_id")}})
 def predict_batch():
     """Predict up to ``BATCH_MAX_FILES`` (64) images in one inference; results keep the order sent."""
     uploads = read_many_uploads(limit=current_app.config["BATCH_MAX_FILES"])

@@ -140,10 +140,12 @@ def _from_file_storage(storage):
 def read_multipart_file(field="file"):
     if not request.mimetype.startswith("multipart/form-data"):
         raise _unsupported()
-    storage = request.files.get(field)
-    if storage is None:
+    files = request.files.getlist(field)
+    if not files:
         raise ValidationFailed(f"multipart field '{field}' is required", details={field: ["required"]})
-    return _from_file_storage(storage)
+    if len(files) > 1:  # which one was meant? Answering for the first would hide the mistake
+        raise ValidationFailed(f"send one file in '{field}', not {len(files)}", details={field: ["exactly one file"]})
+    return _from_file_storage(files[0])
 
 
 def read_single_upload(allow_base64=False):

@@ -47,6 +47,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 # Longest side analysed: the digit ends up 20 px, and this bounds the cost for any size.
 _WORK_MAX_SIDE = 256
+# Shortest side that can hold a digit once reduced to the working size (the 8x8 "1" is
+# the smallest legible one): a 4000x1 strip is a line, not a digit the network should name.
+_WORK_MIN_SIDE = 8
 
 _OUT, _BOX, _CENTRE = 28, 20, 14.0  # MNIST: 28x28 field, 20 px box, centre of mass at 14
 
@@ -384,6 +387,8 @@ def preprocess(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         raise NotAnImage(f"Unsupported image mode {im.mode!r}.") from exc
     finally:
         im.close()
+    if min(luma.shape) < _WORK_MIN_SIDE:
+        raise NoDigitFound(f"The image is {luma.shape[1]}x{luma.shape[0]} pixels once reduced: too thin to hold a digit.")
     return _digit(*_ink_signal(luma, alpha))
 
 

@@ -3,6 +3,7 @@
 from datetime import datetime, timezone
 from functools import cache
 
+from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
 from sqlalchemy.exc import IntegrityError
 
@@ -36,7 +37,7 @@ def authenticate(username, password):
     """Return the active user with these credentials, else a 401 that does not say which part was wrong."""
     user = db.session.execute(db.select(User).filter_by(username=username)).scalar_one_or_none()
     # Hash even when the user is unknown, so response time does not reveal which usernames exist.
-    stored = user.password_hash if user else _dummy_hash()
+    stored = user.password_hash if user else _dummy_hash(current_app.config["BCRYPT_LOG_ROUNDS"])
     valid = _check_password(stored, password)
     if not user or not valid or not user.active:
         raise Unauthorized("invalid username or password", code="invalid_credentials")
@@ -51,9 +52,10 @@ def _check_password(stored_hash, password):
 
 
 @cache
-def _dummy_hash():
-    """A real hash to compare against for unknown users (cost matches the configured rounds)."""
-    return bcrypt.generate_password_hash("not-a-real-password").decode("utf-8")
+def _dummy_hash(rounds):
+    """A real hash to compare against for unknown users, at the configured cost (keyed on
+    it: a hash cached at another cost would make unknown users answer faster or slower)."""
+    return bcrypt.generate_password_hash("not-a-real-password", rounds).decode("utf-8")
 
 
 def issue_tokens(user):

@@ -192,6 +192,15 @@ def test_tiny_image():
     assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75
 
 
+@pytest.mark.parametrize("size", [(4000, 1), (1, 4000), (3000, 60), (7, 40)])
+def test_images_too_thin_to_hold_a_digit_are_refused(size):
+    strip = np.full(size[::-1], 235, dtype=np.uint8)
+    strip[strip.shape[0] // 2, :] = 25  # a line along it, which the network would name
+    strip[:, strip.shape[1] // 2] = 25
+    with pytest.raises(NoDigitFound, match="too thin"):
+        preprocess(encode(strip))
+
+
 def test_huge_image(reference):
     big = digit_seven(3000)
     out = preprocess(encode(on_paper(big)))
