@@ -2,8 +2,8 @@
 
 from flask import current_app
 from flask_jwt_extended import get_jwt_identity
-from app.api import Blueprint
 
+from app.api import Blueprint
 from app.extensions import limiter
 from app.schemas import (
     MAX_ID,

@@ -313,10 +313,6 @@ def _gate_reports_per_digit():
     return any("drop_points" in path.read_text() for path in (ROOT / "app").rglob("*.py"))
 
 
-def review_queue_served(server):
-    return "/admin/review" in requests.get(server.url + "/openapi.json", timeout=30).json()["paths"]
-
-
 @pytest.mark.skipif(not _gate_reports_per_digit(), reason="INTEGRATOR: remove this skip once issue 9's per-digit gate is merged")
 def test_gate_verdict_per_digit_after_a_retrain(browser, live_server, tiny_model_source, replay_digits):
     server = retrained_server(live_server, tiny_model_source, replay_digits)
@@ -348,8 +344,6 @@ def _quarantine(server, feedback_ids, reason="account_outlier"):
 
 def test_review_queue_accept_reject_relabel_and_label(browser, live_server, tiny_model_source, replay_digits):
     server = live_server(env=LOOP_ENV, model_source=tiny_model_source)
-    if not review_queue_served(server):  # INTEGRATOR: remove this skip once the review queue API is merged
-        pytest.skip("GET /admin/review is not in /openapi.json on this branch")
     admin_headers = server.create_admin(password=ADMIN_PASSWORD)
     user = server.register("doubtful")
     x, y = replay_digits
@@ -367,7 +361,7 @@ def test_review_queue_accept_reject_relabel_and_label(browser, live_server, tiny
     tab = Tab(browser, server.url, DESKTOP).open("/admin")
     tab.sign_in("admin", ADMIN_PASSWORD)
     page = tab.page
-    page.wait_for_selector("#review[data-available='true']")
+    page.wait_for_selector("#review[data-loaded='true']")
     for fid in feedback_ids:
         page.wait_for_selector(f"#review li[data-feedback-id='{fid}']")
     # Each image is fetched with the admin's token and shown from a blob: URL.
@@ -406,21 +400,4 @@ def test_review_queue_accept_reject_relabel_and_label(browser, live_server, tiny
     page.click(f"#review li[data-prediction-id='{unlabelled[0]}'] button:text('Label')")
     page.wait_for_selector(f"#review li[data-prediction-id='{unlabelled[0]}']", state="detached")
     tab.screenshot("admin-review-uncertain-desktop")
-    tab.close()
-
-
-def test_the_admin_page_says_when_the_review_queue_is_not_served(browser, live_server, tiny_model_source):
-    """On a server without the review API the panel says so and the rest of the page works."""
-    server = live_server(env=LOOP_ENV, model_source=tiny_model_source)
-    server.create_admin(password=ADMIN_PASSWORD)
-    tab = Tab(browser, server.url, DESKTOP).open("/admin")
-    tab.sign_in("admin", ADMIN_PASSWORD)
-    page = tab.page
-    page.wait_for_selector("#models tr[data-version='tiny-1'] .badge.live")
-    page.wait_for_selector("#review-status:not(:empty)")
-    if review_queue_served(server):
-        assert page.get_attribute("#review", "data-available") == "true"
-    else:
-        assert page.text_content("#review-status") == "The review queue is not available on this server."
-        assert page.is_disabled("#review-next")
     tab.close()

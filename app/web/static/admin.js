@@ -5,7 +5,6 @@ import { $, ApiError, api, describe, el, percent, setUpSignIn, when } from "./ap
 const POLL_MS = 1000;
 const REVIEW_PER_PAGE = 10;
 const SVG = "http://www.w3.org/2000/svg";
-const NOT_HERE = "not available on this server";
 
 // Model versions ---------------------------------------------------------------------------
 
@@ -229,24 +228,15 @@ function renderErrorChart(byDay) {
 async function loadStats() {
   const status = $("stats-status");
   status.textContent = "Loading…"; // the first call computes the live model's drift reference
-  let stats = null;
-  let feedback;
+  let stats;
   try {
     stats = await api("GET", "/admin/stats");
-    feedback = stats.feedback;
   } catch (err) {
-    if (err.status !== 404) {
-      status.textContent = describe(err);
-      return;
-    }
-    try { // an older server: feedback counts only
-      feedback = await api("GET", "/admin/feedback/stats");
-    } catch (inner) {
-      status.textContent = describe(inner);
-      return;
-    }
+    status.textContent = describe(err);
+    return;
   }
-  status.textContent = stats ? "" : `Error rates over time: ${NOT_HERE}.`;
+  const feedback = stats.feedback;
+  status.textContent = "";
   $("stat-total").textContent = feedback.total;
   $("stat-new").textContent = feedback.since_last_retrain;
   $("stat-live").textContent = feedback.live_model_version || "–";
@@ -256,12 +246,9 @@ async function loadStats() {
   $("chart-digits").replaceChildren(barChart(counts,
     `Feedback samples per digit: ${counts.map((c, d) => `${d}: ${c}`).join(", ")}`));
   $("chart-digits").dataset.counts = counts.join(",");
-  renderErrorChart(stats?.feedback_by_day);
+  renderErrorChart(stats.feedback_by_day);
 
-  const rows = stats
-    ? stats.versions
-    : Object.entries(feedback.per_model_version).filter(([, row]) => row.wrong !== null)
-      .map(([version, row]) => ({ model_version: version, predictions: null, ...row }));
+  const rows = stats.versions;
   $("versions").replaceChildren(...rows.map((row) => el("tr", { "data-version": row.model_version },
     el("th", { scope: "row", text: row.model_version }),
     el("td", { text: row.predictions ?? "–" }),
@@ -350,11 +337,10 @@ async function loadReview() {
     $("review-prev").disabled = true;
     $("review-next").disabled = true;
     $("review-page").textContent = "";
-    status.textContent = err.status === 404 ? `The review queue is ${NOT_HERE}.` : describe(err);
-    $("review").dataset.available = String(err.status !== 404);
+    status.textContent = describe(err);
     return;
   }
-  $("review").dataset.available = "true";
+  $("review").dataset.loaded = "true";
 }
 
 async function act(path, body) {
