@@ -157,6 +157,8 @@ def shipped_holdout(model_dir):
     from app.ml.datasets import as_float_images
 
     with np.load(Path(model_dir) / "replay.npz") as replay:
+        if "x_holdout" not in replay.files:
+            raise ValueError(f"{model_dir}/replay.npz has no hold-out digits (x_holdout, y_holdout) to calibrate on")
         return as_float_images(replay["x_holdout"]), np.asarray(replay["y_holdout"], dtype=np.int64)
 
 

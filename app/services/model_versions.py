@@ -210,6 +210,37 @@ def evaluate_version(data_dir, *, version=None):
     return {"accuracy": accuracy(loaded.predict, x, y), "n": int(len(y)), "model_version": row.version}
 
 
+def calibrate_version(version=None, *, clear=False):
+    """Refit a version's (default: the active one's) temperature, or clear it; workers follow
+    at their next check.
+
+    For versions saved before calibration existed, and to compare a version with and without
+    it. Fitted on the replay hold-out digits in MODEL_DIR, as a retrain fits its candidate,
+    through the ONNX export that serving loads.
+    """
+    from app.ml.calibration import calibrate, shipped_holdout
+    from app.ml.onnx_model import OnnxModel
+
+    row = get_version(version) if version else ensure_active_version()
+    if row is None:
+        raise NotFound("no model version to calibrate", code="model_version_not_found")
+    if clear:
+        row.temperature = None
+        db.session.commit()
+        return None
+    if row.onnx_sha256 is None:
+        raise Conflict(f"model version {row.version!r} has no ONNX export yet (run `flask model export-onnx`)",
+                       code="model_file_missing")
+    x, y = shipped_holdout(current_app.config["MODEL_DIR"])
+    model = OnnxModel.from_file(row.version, onnx_path(row), row.onnx_sha256, warm=False)
+    fit = {**calibrate(model.raw_predict(x), y), "fitted_on": "replay.npz gate hold-out"}
+    row.temperature = fit["temperature"]
+    row.metrics = {**(row.metrics or {}), "calibration": fit}
+    db.session.commit()
+    log.info("model version %s: calibration temperature %s", row.version, row.temperature)
+    return fit
+
+
 def activate_version(version, *, commit=True):
     """Make ``version`` the one every worker serves (rollback or roll forward).
 
@@ -231,6 +262,13 @@ def activate_version(version, *, commit=True):
         if sha256_file(path) != recorded:  # workers would refuse it: refuse here, visibly
             raise Conflict(f"model file {os.path.basename(path)} for {version!r} does not match its recorded sha256",
                            code="model_file_corrupt")
+    from app.ml.calibration import check_temperature
+
+    try:
+        check_temperature(row.temperature)  # workers would refuse it too
+    except ValueError as exc:
+        raise Conflict(f"model version {version!r} has an unusable calibration: {exc}",
+                       code="model_calibration_invalid") from None
     # Activations take turns: under PostgreSQL's READ COMMITTED, two of them at once would
     # each retire only the active row they saw and leave two active. Locking the (few)
     # version rows first makes the second wait and then see the first one's result. They
