@@ -48,6 +48,11 @@ class ModelService:
         live = self._live
         return live.version if live is not None else None
 
+    @property
+    def current_temperature(self):
+        live = self._live
+        return live.temperature if live is not None else None
+
     def _serves(self, row):
         live = self._live
         return live is not None and live.version == row.version and live.temperature == row.temperature
