@@ -123,6 +123,18 @@ def export_onnx():
         sys.exit(1)
 
 
+@model_cli.command("calibrate")
+@click.option("--version", default=None, help="model version (default: the active one)")
+@click.option("--clear", is_flag=True, help="serve the version uncalibrated (its temperature becomes NULL)")
+def calibrate(version, clear):
+    """Refit a version's calibration temperature on the replay hold-out digits, or clear it."""
+    from app.services import model_versions
+
+    fit = model_versions.calibrate_version(version, clear=clear)
+    row = model_versions.get_version(version) if version else model_versions.ensure_active_version()
+    click.echo(json.dumps({"model_version": row.version, "temperature": row.temperature, "calibration": fit}))
+
+
 @model_cli.command("evaluate")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True),
               help="MNIST-format data, or a folder of images with labels.csv")

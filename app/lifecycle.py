@@ -19,14 +19,15 @@ def _started_pids(app):
 
 
 def on_worker_start(app):
-    """Fail jobs whose process died, export versions saved before ONNX exports existed, load
-    and warm the active model, start the version watcher."""
+    """Fail jobs whose process died, export versions saved before ONNX exports existed, give
+    the shipped version its manifest's calibration if its row predates it, load and warm the
+    active model, start the version watcher."""
     with _lock:
         if os.getpid() in _started_pids(app):
             return
         _started_pids(app).add(os.getpid())
     from app.extensions import db
-    from app.services.model_versions import export_missing_onnx, sweep_stale_temp_files
+    from app.services.model_versions import backfill_shipped_temperature, export_missing_onnx, sweep_stale_temp_files
     from app.services.retraining import fail_interrupted_jobs
 
     service = app.extensions["model_service"]
@@ -46,6 +47,11 @@ def on_worker_start(app):
         except Exception:  # the versions stay unservable until it works; /ready says so
             db.session.rollback()
             log.exception("could not export model versions to ONNX")
+        try:
+            backfill_shipped_temperature(app.config["MODEL_DIR"])
+        except Exception:  # e.g. a bad manifest value: served uncalibrated, as before
+            db.session.rollback()
+            log.exception("could not backfill the shipped model's calibration temperature")
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
         db.session.remove()

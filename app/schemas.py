@@ -239,6 +239,8 @@ class ModelVersionSchema(Schema):
     parent_version = fields.String(allow_none=True)
     sha256 = fields.String()
     file_path = fields.String()
+    temperature = fields.Float(allow_none=True, metadata={
+        "description": "calibration: served probabilities are softmax(log(p) / temperature); null: uncalibrated"})
     metrics = fields.Dict()
     created_at = UtcDateTime()
     activated_at = UtcDateTime(allow_none=True)

@@ -7,7 +7,9 @@ row, sessions built and warmed) outside any lock requests take, then swaps the l
 reference in one assignment. Requests read that reference once and keep the object they
 got, so a swap never blocks or fails them and each answer names the version that made it.
 A file that is missing, broken or does not match its row is refused: the previous model
-stays live.
+stays live. The row's calibration temperature is part of what is served: a version whose
+temperature was set later (the shipped model's, backfilled from its manifest) is served
+with it from the next check on, without reloading the file.
 
 Serving never imports TensorFlow, Keras or tf2onnx: the ONNX file was exported and checked
 when the version was saved (``app.ml.artifacts``).
@@ -46,6 +48,15 @@ class ModelService:
         live = self._live
         return live.version if live is not None else None
 
+    @property
+    def current_temperature(self):
+        live = self._live
+        return live.temperature if live is not None else None
+
+    def _serves(self, row):
+        live = self._live
+        return live is not None and live.version == row.version and live.temperature == row.temperature
+
     def _load(self, row):
         from app.ml.onnx_model import OnnxModel
 
@@ -53,7 +64,8 @@ class ModelService:
             raise RuntimeError(f"model version {row.version!r} has no ONNX export yet "
                                "(a worker start or `flask model export-onnx` makes it)")
         path = model_versions.onnx_path(row)
-        return OnnxModel.from_file(row.version, path, row.onnx_sha256, threads=self.app.config["INFERENCE_THREADS"])
+        return OnnxModel.from_file(row.version, path, row.onnx_sha256, threads=self.app.config["INFERENCE_THREADS"],
+                                   temperature=row.temperature)
 
     def sync(self):
         """Load the database's active version if this process serves another; return it.
@@ -61,13 +73,16 @@ class ModelService:
         Must run inside an app context. On any error the previous model stays live.
         """
         row = model_versions.ensure_active_version()
-        if row is None or row.version == self.current_version:
+        if row is None or self._serves(row):
             return self.current_version
         with self._load_lock:
             # Re-read under the lock: two syncs racing must not end on the older version.
             db.session.expire_all()
             row = model_versions.ensure_active_version()
-            if row.version != self.current_version:
+            if row.version == self.current_version and not self._serves(row):
+                self._live = self._live.with_temperature(row.temperature)
+                log.info("serving model %s with temperature %s", row.version, row.temperature)
+            elif row.version != self.current_version:
                 started = time.perf_counter()
                 previous = self.current_version
                 self._live = self._load(row)  # one reference assignment: atomic for readers

@@ -33,7 +33,14 @@ def test_train_base_registers_and_activates_a_new_version(app, runner, tmp_path,
     assert result.exit_code == 0, result.output
     body = json.loads(result.output.strip().splitlines()[-1])
     assert body["model_version"] == "base-2" and body["status"] == "active"
-    assert body["metrics"]["train_samples"] == 300
+    # A tenth (3 per digit) is held out to fit the calibration temperature on, never trained on.
+    assert body["metrics"]["train_samples"] == 270
+    calibration = body["metrics"]["calibration"]
+    assert calibration["n"] == 30 and 0.05 <= calibration["temperature"] <= 20
+    with app.app_context():
+        from app.services import model_versions
+
+        assert model_versions.get_version("base-2").temperature == calibration["temperature"]
     listing = runner.invoke(args=["model", "list"])
     assert "* base-2" in listing.output and "base-1" in listing.output
     assert (Path(app.config["MODEL_DIR"]) / "base-2.keras").exists()

@@ -33,6 +33,7 @@ def _version_body(row):
         "parent_version": row.parent_version,
         "sha256": row.sha256,
         "file_path": row.file_path,
+        "temperature": row.temperature,
         "metrics": row.metrics or {},
         "created_at": row.created_at,
         "activated_at": row.activated_at,
@@ -59,6 +60,7 @@ def list_models():
 @bp.post("/models/<version>/activate")
 @role_required("admin")
 @bp.response(200, ModelVersionSchema)
+@bp.alt_response(409, description="the version's files are missing or changed, or its calibration temperature is unusable")
 @bp.doc(security=ADMIN)
 def activate_model(version):
     """Serve ``version`` from now on, in every worker (rollback or roll forward)."""

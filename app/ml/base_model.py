@@ -5,7 +5,8 @@ recipe), measures it on the test files when the folder has them, and writes, eac
 atomically: ``base.keras``, ``replay.npz`` (a stratified sample of the training digits that
 retraining mixes with feedback so that the model does not forget MNIST, plus 1,000
 digits the base model never trained on, on which the promotion gate checks forgetting) and
-``manifest.json`` (version, files, sha256s, metrics) that the service registers on first use;
+``manifest.json`` (version, files, sha256s, metrics, the calibration temperature fitted on
+the hold-out digits) that the service registers on first use;
 ``base.onnx``, the export serving loads, is written and checked beside ``base.keras``.
 """
 
@@ -42,6 +43,12 @@ def split_gate_holdout(x, y, n=GATE_HOLDOUT_SIZE, seed=0):
     held = stratified_sample(y, n // 10, np.random.default_rng(seed + 1))
     keep = np.setdiff1d(np.arange(len(y)), held)
     return x[keep], y[keep], x[held], y[held]
+
+
+def calibration_split(x, y, seed=0):
+    """``split_gate_holdout`` for any amount of data: the digits a new base model is calibrated
+    on and never trains on (at most ``GATE_HOLDOUT_SIZE``, a tenth of the data)."""
+    return split_gate_holdout(x, y, n=min(GATE_HOLDOUT_SIZE, len(y) // 10), seed=seed)
 
 
 def write_json_atomic(path, data):
@@ -90,7 +97,12 @@ def ship(model, out_dir, *, x_train, y_train, x_holdout, y_holdout, metrics, ver
         "replay": {"file": "replay.npz", "digits": int(len(y_replay)), "gate_holdout_digits": int(len(y_holdout))},
     }
     write_json_atomic(out / "manifest.json", manifest)
-    return manifest
+    # Fitted on the served export and the gate's hold-out, exactly as `python -m
+    # app.ml.calibration` refits it; it adds the temperature to the manifest.
+    from app.ml.calibration import calibrate_shipped
+
+    calibrate_shipped(out)
+    return json.loads((out / "manifest.json").read_text())
 
 
 def main(argv=None):

@@ -10,15 +10,20 @@ without it, and faster on batches too (``bench/inference_speed.py``; README, "Me
 Pool threads are told not to spin while idle: spinning saved a little on one image but
 took the cores from other requests and cost the batch endpoint far more.
 
-``OnnxModel.predict`` is safe to call from many threads at once.
+``OnnxModel.predict`` is safe to call from many threads at once. It returns the graph's
+softmax rescaled by the version's calibration temperature (``app.ml.calibration``); the
+export check compares the graph itself (no temperature) with Keras.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from app.ml.calibration import apply_temperature, check_temperature
 
 # Batches of at least this many images are split over several threads.
 BATCHED_FROM = 8
@@ -84,10 +89,14 @@ def _session(graph: bytes, intra_threads: int):
 class OnnxModel:
     """One model version loaded from its ONNX file, with a fast, thread-safe ``predict``."""
 
-    def __init__(self, version: str, path, sha256: str, graph: bytes, *, threads: int = 0, warm: bool = True):
+    def __init__(self, version: str, path, sha256: str, graph: bytes, *, threads: int = 0, warm: bool = True,
+                 temperature: float | None = None):
         self.version = str(version)
         self.path = str(path)
         self.sha256 = sha256
+        # None: serve the graph's softmax as it is (an uncalibrated version). A value that
+        # is not a usable temperature raises here, so it is never served.
+        self.temperature = check_temperature(temperature)
         # A few images are quickest on the calling thread alone (no hand-off to a pool);
         # batches are split over `threads` threads (0: ONNX Runtime's choice, one per core).
         self._single = _session(graph, 1)
@@ -97,18 +106,32 @@ class OnnxModel:
             self.predict(np.zeros((1, 28, 28), np.float32))
 
     @classmethod
-    def from_file(cls, version: str, path, sha256: str | None, *, threads: int = 0, warm: bool = True) -> "OnnxModel":
+    def from_file(cls, version: str, path, sha256: str | None, *, threads: int = 0, warm: bool = True,
+                  temperature: float | None = None) -> "OnnxModel":
         """Read the file once, check its hash against ``sha256`` (refused if it differs), load it.
 
         ``sha256=None`` skips the check (only for a file this process has just written)."""
+        check_temperature(temperature)  # refuse before the work of loading
         graph = Path(path).read_bytes()
         actual = hashlib.sha256(graph).hexdigest()  # the bytes loaded are the bytes hashed
         if sha256 is not None and actual != str(sha256).lower():
             raise ModelIntegrityError(f"{path}: sha256 {actual} does not match the recorded {sha256}")
-        return cls(version, path, actual, graph, threads=threads, warm=warm)
+        return cls(version, path, actual, graph, threads=threads, warm=warm, temperature=temperature)
+
+    def with_temperature(self, temperature: float | None) -> "OnnxModel":
+        """The same loaded graph (sessions shared) served with another temperature."""
+        temperature = check_temperature(temperature)
+        clone = copy.copy(self)
+        clone.temperature = temperature
+        return clone
 
     def predict(self, batch) -> np.ndarray:
-        """Probabilities (n, 10) for float images (n, 28, 28) in [0, 1]."""
+        """Probabilities (n, 10) for float images (n, 28, 28) in [0, 1], calibrated when the
+        version has a temperature."""
+        return apply_temperature(self.raw_predict(batch), self.temperature)
+
+    def raw_predict(self, batch) -> np.ndarray:
+        """The graph's own softmax (n, 10), as exported from Keras: no temperature."""
         x = as_batch(batch)
         if len(x) == 0:
             return np.zeros((0, 10), np.float32)
@@ -118,8 +141,8 @@ class OnnxModel:
     def disagreement(self, x: np.ndarray, expected: np.ndarray) -> float:
         """Largest difference from ``expected`` over ``x`` run whole and in pieces (both sessions)."""
         small = BATCHED_FROM - 1
-        pieces = np.concatenate([self.predict(x[i:i + small]) for i in range(0, len(x), small)])
-        return float(max(np.max(np.abs(self.predict(x) - expected)), np.max(np.abs(pieces - expected))))
+        pieces = np.concatenate([self.raw_predict(x[i:i + small]) for i in range(0, len(x), small)])
+        return float(max(np.max(np.abs(self.raw_predict(x) - expected)), np.max(np.abs(pieces - expected))))
 
     def __repr__(self) -> str:
-        return f"OnnxModel(version={self.version!r}, path={self.path!r})"
+        return f"OnnxModel(version={self.version!r}, path={self.path!r}, temperature={self.temperature!r})"

@@ -91,6 +91,8 @@ def register_shipped_model(model_dir):
         sha256=manifest["sha256"],
         onnx_sha256=manifest.get("onnx_sha256"),  # older folders have none: exported at start-up
         parent_version=None,
+        # Older folders have none: served uncalibrated. A bad value is kept and refused at load.
+        temperature=manifest.get("temperature"),
         metrics=manifest.get("metrics", {}),
         status="active",
         activated_at=utcnow(),
@@ -104,16 +106,49 @@ def register_shipped_model(model_dir):
     return active_version()
 
 
-def save_version(model, version, *, parent_version, metrics, status="candidate"):
-    """Write ``model`` and its ONNX export atomically into MODEL_DIR and record them; each
-    file is complete and checked, or absent."""
-    from app.ml.artifacts import save_model_atomic
+def backfill_shipped_temperature(model_dir):
+    """Give the shipped version its manifest's temperature if its row has none; True if it did.
 
+    Installs registered before calibration existed have a NULL temperature on the shipped
+    row; the manifest now carries the one fitted for exactly that file (same sha256), so
+    workers backfill it when they start instead of serving it uncalibrated. Other versions
+    with a NULL temperature (retrains from before calibration) stay uncalibrated.
+    """
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        manifest = json.load(fh)
+    if manifest.get("temperature") is None:
+        return False
+    from app.ml.calibration import check_temperature
+
+    temperature = check_temperature(manifest["temperature"])
+    changed = db.session.execute(
+        db.update(ModelVersion)
+        .where(ModelVersion.version == manifest["version"], ModelVersion.sha256 == manifest["sha256"],
+               ModelVersion.temperature.is_(None))
+        .values(temperature=temperature)
+    ).rowcount
+    db.session.commit()
+    if changed:
+        log.info("model version %s: calibration temperature %s from %s", manifest["version"], temperature, MANIFEST)
+    return bool(changed)
+
+
+def save_version(model, version, *, parent_version, metrics, status="candidate", temperature=None):
+    """Write ``model`` and its ONNX export atomically into MODEL_DIR and record them; each
+    file is complete and checked, or absent. ``temperature``: its calibration (None: none)."""
+    from app.ml.artifacts import save_model_atomic
+    from app.ml.calibration import check_temperature
+
+    temperature = check_temperature(temperature)  # a bad value is refused before any file is written
     model_dir = current_app.config["MODEL_DIR"]
     saved = save_model_atomic(model, model_dir, f"{version}.keras")
     row = ModelVersion(
         version=version, file_path=os.path.relpath(saved.path, model_dir), sha256=saved.sha256,
         onnx_sha256=saved.onnx_sha256, parent_version=parent_version, metrics=metrics, status=status,
+        temperature=temperature,
     )
     db.session.add(row)
     db.session.commit()
@@ -128,24 +163,31 @@ def next_base_version():
 
 
 def train_base_version(data_dir, *, epochs=None, seed=0, eval_dir=None, activate=True, progress=None):
-    """Train a model from scratch on MNIST-format data and register it (the CLI's train-base)."""
-    from app.ml.datasets import load_labelled, load_mnist
+    """Train a model from scratch on MNIST-format data and register it (the CLI's train-base),
+    calibrated on digits of ``data_dir`` it did not train on."""
+    from app.ml.base_model import calibration_split
+    from app.ml.calibration import calibrate
+    from app.ml.datasets import as_float_images, load_labelled, load_mnist
     from app.ml.evaluation import accuracy
     from app.ml.training import configure_tensorflow, train_base
 
     configure_tensorflow(current_app.config["TF_INTRA_OP_THREADS"], current_app.config["TF_INTER_OP_THREADS"])
     ensure_active_version()  # the shipped model keeps its name, the new one follows it
-    x, y = load_mnist(data_dir)
+    x, y, x_held, y_held = calibration_split(*load_mnist(data_dir), seed=seed)
     kwargs = {"seed": seed, "progress": progress}
     if epochs:
         kwargs["epochs"] = epochs
     model = train_base(x, y, **kwargs)
-    metrics = {"trained_on": os.path.abspath(str(data_dir)), "train_samples": int(len(y)), "seed": seed}
+    # Too little data to hold any digits out: left uncalibrated rather than fitted on training digits.
+    fit = calibrate(model(as_float_images(x_held), training=False).numpy(), y_held) if len(y_held) else None
+    metrics = {"trained_on": os.path.abspath(str(data_dir)), "train_samples": int(len(y)), "seed": seed,
+               "calibration": fit}
     if eval_dir:
         x_eval, y_eval = load_labelled(eval_dir, for_evaluation=True)
         metrics["eval_accuracy"] = accuracy(lambda b: model(b, training=False).numpy(), x_eval, y_eval)
         metrics["eval_data"] = os.path.abspath(str(eval_dir))
-    row = save_version(model, next_base_version(), parent_version=None, metrics=metrics)
+    row = save_version(model, next_base_version(), parent_version=None, metrics=metrics,
+                       temperature=fit and fit["temperature"])
     if activate:
         row = activate_version(row.version)
     return row
@@ -166,6 +208,37 @@ def evaluate_version(data_dir, *, version=None):
     x, y = load_labelled(data_dir, for_evaluation=True)
     loaded = OnnxModel.from_file(row.version, onnx_path(row), row.onnx_sha256)  # the file serving loads
     return {"accuracy": accuracy(loaded.predict, x, y), "n": int(len(y)), "model_version": row.version}
+
+
+def calibrate_version(version=None, *, clear=False):
+    """Refit a version's (default: the active one's) temperature, or clear it; workers follow
+    at their next check.
+
+    For versions saved before calibration existed, and to compare a version with and without
+    it. Fitted on the replay hold-out digits in MODEL_DIR, as a retrain fits its candidate,
+    through the ONNX export that serving loads.
+    """
+    from app.ml.calibration import calibrate, shipped_holdout
+    from app.ml.onnx_model import OnnxModel
+
+    row = get_version(version) if version else ensure_active_version()
+    if row is None:
+        raise NotFound("no model version to calibrate", code="model_version_not_found")
+    if clear:
+        row.temperature = None
+        db.session.commit()
+        return None
+    if row.onnx_sha256 is None:
+        raise Conflict(f"model version {row.version!r} has no ONNX export yet (run `flask model export-onnx`)",
+                       code="model_file_missing")
+    x, y = shipped_holdout(current_app.config["MODEL_DIR"])
+    model = OnnxModel.from_file(row.version, onnx_path(row), row.onnx_sha256, warm=False)
+    fit = {**calibrate(model.raw_predict(x), y), "fitted_on": "replay.npz gate hold-out"}
+    row.temperature = fit["temperature"]
+    row.metrics = {**(row.metrics or {}), "calibration": fit}
+    db.session.commit()
+    log.info("model version %s: calibration temperature %s", row.version, row.temperature)
+    return fit
 
 
 def activate_version(version, *, commit=True):
@@ -189,6 +262,13 @@ def activate_version(version, *, commit=True):
         if sha256_file(path) != recorded:  # workers would refuse it: refuse here, visibly
             raise Conflict(f"model file {os.path.basename(path)} for {version!r} does not match its recorded sha256",
                            code="model_file_corrupt")
+    from app.ml.calibration import check_temperature
+
+    try:
+        check_temperature(row.temperature)  # workers would refuse it too
+    except ValueError as exc:
+        raise Conflict(f"model version {version!r} has an unusable calibration: {exc}",
+                       code="model_calibration_invalid") from None
     # Activations take turns: under PostgreSQL's READ COMMITTED, two of them at once would
     # each retire only the active row they saw and leave two active. Locking the (few)
     # version rows first makes the second wait and then see the first one's result. They

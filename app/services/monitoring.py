@@ -26,7 +26,8 @@ def _reference(model_dir):
     version = service.ensure_loaded(quiet=True)
     if version is None:
         return None
-    key = (model_dir, version)
+    # The temperature too: its confidences change when a version's calibration does.
+    key = (model_dir, version, service.current_temperature)
     with _references_lock:
         if key not in _references:
             with np.load(os.path.join(model_dir, "replay.npz")) as replay:

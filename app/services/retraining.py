@@ -264,6 +264,7 @@ def run_job(job_id):
         row = model_versions.save_version(
             result.candidate, version, parent_version=live.version, metrics=metrics,
             status="candidate" if promote else "rejected",
+            temperature=(result.metrics.get("calibration") or {}).get("temperature"),
         )
         if promote:
             # One commit: the new version goes live exactly when the job says it succeeded.
