@@ -15,6 +15,8 @@ from pathlib import Path
 
 import bcrypt
 import jwt
+import re
+
 import pytest
 import requests
 
@@ -28,6 +30,11 @@ TABLES = ("users", "stored_images", "predictions", "feedback", "retrain_jobs", "
 
 # The admin endpoints ----------------------------------------------------------------------
 
+def _text_value(converter):
+    """A value the path converter accepts: a version name, or a digest where 64 characters are needed."""
+    return next(value for value in ("base-1", "0" * 64) if re.fullmatch(converter.regex, value))
+
+
 def admin_endpoints():
     """(method, path) of every route whose view needs the admin role, path values filled in."""
     app = create_app("testing", test_config={"SQLALCHEMY_DATABASE_URI": "sqlite://", "MODEL_WATCH": False,
@@ -37,7 +44,7 @@ def admin_endpoints():
     for rule in app.url_map.iter_rules():
         if getattr(app.view_functions[rule.endpoint], "required_role", None) != "admin":
             continue
-        values = {name: 1 if type(converter).__name__ == "IntegerConverter" else "base-1"
+        values = {name: 1 if type(converter).__name__ == "IntegerConverter" else _text_value(converter)
                   for name, converter in rule._converters.items()}
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             endpoints.append((method, adapter.build(rule.endpoint, values, method=method)))
