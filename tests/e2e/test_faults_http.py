@@ -89,6 +89,18 @@ def test_database_down_is_503_json_and_the_server_recovers_by_itself(own_postgre
                                json={"prediction_id": after[-1].json()["prediction_id"], "label": 3})
         assert stored.status_code == 201, stored.text
         assert "database unavailable: connection failed" in server.log_path.read_text()
+
+        # Workers that start while the database is down serve nothing yet, then catch up alone.
+        own_postgres.stop()
+        server.stop()
+        server.start(wait_for="/health")
+        ready = requests.get(server.url + "/ready", timeout=30)
+        assert ready.status_code == 503 and ready.json()["model_version"] is None
+        assert predict(server, user, image).json()["error"]["code"] == "database_unavailable"
+        own_postgres.start()
+        wait_until(lambda: all(requests.get(server.url + "/ready", headers=FRESH, timeout=30).status_code == 200
+                               for _ in range(6)), 60, "ready after starting without a database")
+        assert {r.status_code for r in ask_every_worker(lambda: predict(server, user, image))} == {200}
     finally:
         server.stop()
 
