@@ -186,3 +186,30 @@ def test_redis_down_when_a_retrain_is_queued_is_503_and_leaves_the_slot_free(tin
     with tiny_app.app_context():
         assert db.session.scalar(db.select(db.func.count()).where(RetrainJob.active_slot.is_not(None))) == 0
         assert db.session.scalar(db.select(db.func.count()).where(RetrainJob.status == "queued")) == 0
+
+
+@pytest.fixture
+def silent_redis():
+    """A TCP port that accepts connections and never answers: a hung Redis."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # the kernel completes handshakes; nobody ever replies
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+def test_a_hung_redis_times_out_instead_of_hanging_retrains_or_rate_limits(make_app, tiny_model_dir, silent_redis,
+                                                                           replay_digits, caplog):
+    app = make_app(MODEL_DIR=str(tiny_model_dir), RETRAIN_MIN_FEEDBACK=20, RETRAIN_BACKEND="rq",
+                   REDIS_URL=silent_redis, REDIS_SOCKET_TIMEOUT=0.5, RATELIMIT_ENABLED=True,
+                   RATELIMIT_STORAGE_URI=silent_redis, RATELIMIT_DEFAULT="1000 per hour")
+    client = app.test_client()
+    auth = AuthActions(client, app)
+    admin = auth.admin_headers()  # logging in already goes through the limiter
+    give_feedback(client, auth.headers(), replay_digits)
+    assert "falling back to in-memory storage" in caplog.text
+    response = client.post("/admin/retrain", headers=admin, json={})
+    assert response.status_code == 503, response.get_json()
+    assert response.get_json()["error"]["code"] == "retrain_queue_unavailable"
+    assert "Timeout" in response.get_json()["error"]["message"]
