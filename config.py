@@ -71,6 +71,11 @@ class Config:
     RATELIMIT_V2_PREDICT = os.environ.get("RATELIMIT_V2_PREDICT", "150 per day")
     # The review page shows up to 100 images at a time: the default limit would stop it after two pages.
     RATELIMIT_ADMIN_IMAGES = os.environ.get("RATELIMIT_ADMIN_IMAGES", "2000 per hour")
+    # Redis storage down: count in this process's memory until it answers again (checked
+    # with a growing back-off) instead of failing every request; false makes them 500.
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = env_bool("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    # A Redis that accepts no connection or stops answering must not hang requests.
+    REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 5.0)
 
     MODEL_DIR = os.environ.get("MODEL_DIR", str(BASE_DIR / "models"))
     # How often each worker checks the database for a newly activated model version.
@@ -98,6 +103,9 @@ class Config:
     RETRAIN_STALE_SECONDS = env_int("RETRAIN_STALE_SECONDS", 300)
     RETRAIN_QUEUE = os.environ.get("RETRAIN_QUEUE", "retrain")
     REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+    # Seconds a PostgreSQL connection attempt may take: an unreachable database answers 503
+    # quickly rather than holding a worker thread.
+    DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5)
 
     MAIL_SERVER = os.environ.get("MAIL_SERVER")
     MAIL_PORT = env_int("MAIL_PORT", 25)

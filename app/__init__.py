@@ -52,6 +52,20 @@ def configure_database_uri(app):
     if uri.startswith("postgresql://"):
         uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
     app.config["SQLALCHEMY_DATABASE_URI"] = uri
+    if uri.startswith("postgresql"):
+        # An unreachable server must fail fast (503), not hold a request for minutes.
+        options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+        options["connect_args"] = {"connect_timeout": app.config["DATABASE_CONNECT_TIMEOUT"],
+                                   **options.get("connect_args", {})}
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+
+
+def configure_rate_limit_storage(app):
+    """Redis storage gets socket timeouts: a Redis that stops answering must not hang requests."""
+    if app.config["RATELIMIT_STORAGE_URI"].startswith(("redis://", "rediss://", "redis+")):
+        timeout = app.config["REDIS_SOCKET_TIMEOUT"]
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_connect_timeout": timeout, "socket_timeout": timeout,
+                                                   **app.config.get("RATELIMIT_STORAGE_OPTIONS", {})}
 
 
 def ensure_development_secrets(app):
@@ -106,6 +120,7 @@ def register_extensions(app):
     bcrypt.init_app(app)
     jwt.init_app(app)
     security.init_app(app)
+    configure_rate_limit_storage(app)
     limiter.init_app(app)
     mail.init_app(app)
     api.ERROR_SCHEMA = ErrorSchema

@@ -9,6 +9,8 @@ import logging
 
 from flask import jsonify
 from marshmallow import ValidationError as MarshmallowValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -129,10 +131,31 @@ def _schema_error(exc):
     return error_response(422, "request validation failed", code="validation_error", details=exc.messages)
 
 
+# The driver could not reach the database or lost it mid-request (server down, restarted,
+# connection refused or timed out, pool exhausted): the client may retry, nothing is wrong
+# with its request. The pool's pre-ping reconnects once the database is back.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
+
+
+def _database_unavailable(exc):
+    log.error("database unavailable: %s", getattr(exc, "orig", None) or exc)
+    _rollback_quietly()
+    return error_response(503, "the database is unavailable; try again shortly",
+                          code="database_unavailable", headers={"Retry-After": "5"})
+
+
+def _rollback_quietly():
+    """Roll the session back; with the database gone that may fail too, which changes nothing."""
+    try:
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - the connection is already broken
+        log.debug("rollback failed", exc_info=True)
+
+
 def _unexpected(exc):
     """Anything unhandled: log it, roll back, and say nothing about internals."""
     log.exception("unhandled error")
-    db.session.rollback()
+    _rollback_quietly()
     return error_response(500, "internal server error", code="internal_error")
 
 
@@ -140,4 +163,6 @@ def register_error_handlers(app):
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(MarshmallowValidationError, _schema_error)
+    for exc_class in DATABASE_DOWN:
+        app.register_error_handler(exc_class, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)

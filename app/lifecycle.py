@@ -55,6 +55,10 @@ def on_worker_start(app):
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
         db.session.remove()
+    if app.config["RETRAIN_BACKEND"] == "rq":
+        # The queue client (about 10 MB of modules) is loaded now, not inside whichever
+        # request first starts a retrain: every worker's footprint is known from the start.
+        import rq  # noqa: F401
     if app.config["MODEL_WATCH"]:
         service.start_watcher()
 

@@ -103,9 +103,14 @@ class HealthSchema(Schema):
 
 
 class ReadySchema(Schema):
-    status = fields.String(metadata={"example": "ready"})
-    database = fields.String()
-    model_version = fields.String(allow_none=True)
+    status = fields.String(metadata={"example": "ready", "enum": ["ready", "not_ready"]})
+    database = fields.String(metadata={"enum": ["ok", "unavailable"]})
+    model_version = fields.String(allow_none=True, metadata={"description": "the version this process serves"})
+    active_version = fields.String(allow_none=True, metadata={
+        "description": "the version the database marks active; differs from model_version while this process "
+                       "serves a fallback because the active version's file does not load"})
+    model_error = fields.String(allow_none=True, metadata={
+        "description": "why the active version is not served (missing or corrupt file, database down), if it is not"})
 
 
 class PredictionV1Schema(Schema):

@@ -5,12 +5,15 @@ Kept out of ``conftest.py`` so test modules can import them by a name that canno
 
 import io
 import os
+import pwd
+import random
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -278,3 +281,105 @@ def constant_model(digit):
     bias[digit] = 6
     dense.set_weights([np.zeros_like(kernel), bias])
     return model
+
+
+# Servers a test may stop and start (faults, the soak) ------------------------------------
+
+
+def _skip(reason):
+    import pytest
+
+    pytest.skip(reason)
+
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def unused_port():
+    """A port nothing listens on, outside the kernel's ephemeral range: a server stopped and
+    started again on it must find it still free (nothing else gets it meanwhile)."""
+    for _ in range(200):
+        port = random.randint(20000, 29999)
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise AssertionError("no free port")
+
+
+class OwnPostgres:
+    """A throw-away PostgreSQL cluster on loopback that this test may stop and start."""
+
+    def __init__(self):
+        if not (PG_BIN / "initdb").exists():
+            _skip(f"PostgreSQL binaries not found in {PG_BIN} (set PG_BIN)")
+        self.as_postgres = os.geteuid() == 0  # PostgreSQL refuses to run as root
+        self.dir = Path(tempfile.mkdtemp(prefix="digit-faults-pg-"))
+        os.chmod(self.dir, 0o755)
+        if self.as_postgres:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.dir)
+                _skip("running as root and there is no `postgres` user to run PostgreSQL as")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+        self.port = unused_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", f"{self.dir}/data", "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-locale", "--no-sync")
+
+    def _run(self, tool, *args):
+        command = [str(PG_BIN / tool), *args]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, cwd="/", capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{tool} failed:\n{result.stdout}\n{result.stderr}\n{self.server_log()}"
+
+    def server_log(self):
+        path = self.dir / "server.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def start(self):
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.dir} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/server.log", "-w", "-t", "60",
+                  "-o", options, "start")
+
+    def stop(self):
+        self._run("pg_ctl", "-D", f"{self.dir}/data", "-m", "fast", "-w", "-t", "60", "stop")
+
+    def destroy(self):
+        if (self.dir / "data" / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", f"{self.dir}/data", "-m", "immediate", "-w", "-t", "60", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OwnRedis:
+    """A throw-away Redis on loopback that this test may stop and start (same port)."""
+
+    def __init__(self, workdir):
+        if not shutil.which("redis-server"):
+            _skip("redis-server is not installed (`.ci/run` installs it)")
+        self.workdir = workdir
+        self.port = unused_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            assert self.process.poll() is None, "redis-server exited"
+            time.sleep(0.1)
+        raise AssertionError("redis-server did not listen within 30 s")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+

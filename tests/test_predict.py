@@ -219,7 +219,8 @@ def test_predict_rate_limits_answer_429_json(make_app, digit):
 def test_ready_reports_the_model(client):
     response = client.get("/ready")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "database": "ok", "model_version": "base-1"}
+    assert response.get_json() == {"status": "ready", "database": "ok", "model_version": "base-1",
+                                   "active_version": "base-1", "model_error": None}
 
 
 def test_ready_is_503_without_a_model(make_app, tmp_path):

@@ -94,6 +94,8 @@ def stats():
 @bp.response(202, RetrainAcceptedSchema)
 @bp.alt_response(409, description="a job is already queued or running")
 @bp.alt_response(422, description="too little feedback")
+@bp.alt_response(503, description="the retrain queue (Redis, with RETRAIN_BACKEND=rq) is unreachable: "
+                                  "nothing started, the slot stays free")
 @bp.doc(security=ADMIN, responses={"202": {"links": {"status": link_to(
     JOB_STATUS, "get", parameters={"job_id": "$response.body#/job_id"}, description="poll the job")}}})
 def start_retrain(data):

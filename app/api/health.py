@@ -24,7 +24,11 @@ def health():
 @bp.response(200, ReadySchema)
 @bp.alt_response(503, schema=ReadySchema, description="database or model not ready")
 def ready():
-    """Readiness: the database answers and a model is loaded."""
+    """Readiness: the database answers and a model is loaded.
+
+    ``model_version`` is the version this process serves; when the active version's file
+    will not load it is the most recently active version that does (``active_version`` and
+    ``model_error`` say which and why)."""
     try:
         db.session.execute(db.text("SELECT 1"))
         database = "ok"
@@ -34,7 +38,10 @@ def ready():
     serving = current_app.extensions.get("model_service")
     version = serving.ensure_loaded(quiet=True) if serving else None
     ok = database == "ok" and version is not None
-    body = {"status": "ready" if ok else "not_ready", "database": database, "model_version": version}
+    body = {"status": "ready" if ok else "not_ready", "database": database, "model_version": version,
+            # Serving a fallback (the active version's file would not load) or nothing: why.
+            "active_version": serving.active_version if serving else None,
+            "model_error": serving.last_error if serving and serving.last_error else None}
     return body, 200 if ok else 503
 
 

@@ -62,6 +62,15 @@ def ensure_active_version():
     return active_version() or register_shipped_model(current_app.config["MODEL_DIR"])
 
 
+def fallback_candidates(active):
+    """Versions to serve when ``active``'s file will not load: those that were active before,
+    the most recent first (a version the gate rejected or nobody activated never served)."""
+    return db.session.execute(
+        db.select(ModelVersion).where(ModelVersion.activated_at.is_not(None), ModelVersion.version != active)
+        .order_by(ModelVersion.activated_at.desc(), ModelVersion.id.desc())
+    ).scalars().all()
+
+
 def get_version(version):
     row = db.session.execute(db.select(ModelVersion).filter_by(version=version)).scalar_one_or_none()
     if row is None:

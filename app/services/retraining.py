@@ -14,7 +14,7 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from app.entities import Feedback, RetrainJob, StoredImage, utcnow
-from app.errors import ApiError, Conflict, NotFound
+from app.errors import ApiError, Conflict, NotFound, ServiceUnavailable
 from app.extensions import db
 from app.metrics import observe_retrain
 from app.services import model_versions
@@ -139,7 +139,17 @@ def start_retrain(*, requested_by, force=False, run_inline=False):
             code="retrain_in_progress",
             details={"job_id": current.id if current else None},
         ) from None
-    dispatch(job.id, run_inline=run_inline)
+    job_id = job.id
+    try:
+        dispatch(job_id, run_inline=run_inline)
+    except Exception as exc:  # e.g. Redis down: the job must not hold the slot as `queued`
+        log.error("could not start retrain job %s: %s: %s", job_id, type(exc).__name__, exc)
+        db.session.rollback()
+        _finish(db.session.get(RetrainJob, job_id), "failed", error=f"not started: {type(exc).__name__}: {exc}")
+        raise ServiceUnavailable(
+            f"the retrain queue is unavailable ({type(exc).__name__}); nothing was started, try again later",
+            code="retrain_queue_unavailable", details={"job_id": job_id},
+        ) from None
     db.session.refresh(job)
     return job
 
@@ -155,7 +165,9 @@ def dispatch(job_id, *, run_inline=False):
         from redis import Redis
         from rq import Queue
 
-        queue = Queue(app.config["RETRAIN_QUEUE"], connection=Redis.from_url(app.config["REDIS_URL"]))
+        timeout = app.config["REDIS_SOCKET_TIMEOUT"]  # a Redis that does not answer must not hang the request
+        connection = Redis.from_url(app.config["REDIS_URL"], socket_connect_timeout=timeout, socket_timeout=timeout)
+        queue = Queue(app.config["RETRAIN_QUEUE"], connection=connection)
         queue.enqueue("app.tasks.run_retrain_job", job_id, job_timeout=3600)
         return
     thread = threading.Thread(target=_run_in_app, args=(app, job_id), name=f"retrain-{job_id}", daemon=True)

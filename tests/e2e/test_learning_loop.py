@@ -107,6 +107,7 @@ def test_job_of_a_killed_server_is_failed_at_restart(live_server, tiny_model_sou
     user = server.register("feeder")
     admin = server.create_admin()
     feed(server, user, replay_digits)
+    live_files = {p.name: p.read_bytes() for p in server.model_dir.iterdir() if not p.name.startswith(".")}
     job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
     wait_status(server, admin, job_id, {"running"})
     server.stop(sig=signal.SIGKILL)
@@ -118,6 +119,9 @@ def test_job_of_a_killed_server_is_failed_at_restart(live_server, tiny_model_sou
     models = requests.get(server.url + "/admin/models", headers=admin, timeout=30).json()
     assert models["active_version"] == "tiny-1" and len(models["models"]) == 1
     assert not [p for p in server.model_dir.iterdir() if ".tmp" in p.name]
+    # The live model is untouched: same files, byte for byte, and it is what the server serves.
+    assert {p.name: p.read_bytes() for p in server.model_dir.iterdir() if not p.name.startswith(".")} == live_files
+    assert requests.get(server.url + "/ready", timeout=30).json()["model_version"] == "tiny-1"
     assert requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).status_code == 202
 
 
