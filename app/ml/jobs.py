@@ -145,21 +145,8 @@ def run_retrain(
     live = keras.models.load_model(live_model_path, compile=False)
     sets = {"feedback_holdout": (x_feedback[fb_hold], y_feedback[fb_hold]),
             "replay_holdout": (x_rp_hold, y_rp_hold)}
-    scores = {"live": {}, "candidate": {}}
-    predicted = {"live": [], "candidate": []}
-    for name, model in (("live", live), ("candidate", candidate)):
-        for set_name, (x, y) in sets.items():
-            guess = predictions(_model_predict_fn(model), x) if len(y) else np.zeros(0, np.int64)
-            predicted[name].append(guess)
-            scores[name][f"{set_name}_accuracy"] = float(np.mean(guess == y)) if len(y) else None
+    scores, digits, decision = judge(live, candidate, sets, max_regression_points, max_class_regression_points)
     report(0.97)
-
-    digits = None
-    if max_class_regression_points is not None:
-        y_gate = np.concatenate([y for _, y in sets.values()])
-        digits = gate.per_digit(y_gate, np.concatenate(predicted["live"]), np.concatenate(predicted["candidate"]),
-                                max_class_regression_points)
-    decision = gate.decide(scores["live"], scores["candidate"], max_regression_points, digits)
     metrics = {
         **scores,
         "gate": {"passed": decision.passed, "reasons": decision.reasons,
@@ -176,6 +163,25 @@ def run_retrain(
         "total_seconds": round(time.perf_counter() - started, 2),
     }
     return RetrainResult(candidate=candidate, decision=decision, metrics=metrics)
+
+
+def judge(live, candidate, sets, max_regression_points, max_class_regression_points=None):
+    """Both models on the same held-out sets (``{"feedback_holdout": (x, y), "replay_holdout":
+    (x, y)}``): accuracies per set, the per-digit comparison over both sets together (None
+    without ``max_class_regression_points``) and the gate's decision."""
+    scores = {"live": {}, "candidate": {}}
+    predicted = {"live": [], "candidate": []}
+    for name, model in (("live", live), ("candidate", candidate)):
+        for set_name, (x, y) in sets.items():
+            guess = predictions(_model_predict_fn(model), x) if len(y) else np.zeros(0, np.int64)
+            predicted[name].append(guess)
+            scores[name][f"{set_name}_accuracy"] = float(np.mean(guess == y)) if len(y) else None
+    digits = None
+    if max_class_regression_points is not None:
+        y_gate = np.concatenate([np.asarray(y) for _, y in sets.values()])
+        digits = gate.per_digit(y_gate, np.concatenate(predicted["live"]), np.concatenate(predicted["candidate"]),
+                                max_class_regression_points)
+    return scores, digits, gate.decide(scores["live"], scores["candidate"], max_regression_points, digits)
 
 
 def _per_account(groups, train, hold):
