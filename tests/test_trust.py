@@ -240,3 +240,24 @@ def test_a_job_reports_accounts_and_the_per_digit_gate(make_app, tiny_model_dir,
     assert sum(a["used"] for a in accounts.values()) == samples["feedback_train"]
     assert sum(a["gate_samples"] for a in accounts.values()) == samples["feedback_holdout"]
     assert accounts["bob"]["used"] + accounts["bob"]["gate_samples"] == 30 - accounts["bob"]["capped"]
+
+
+def test_changing_a_label_an_admin_reviewed_puts_it_on_hold(app, client, auth, replay_digits):
+    x, y = replay_digits
+    user = auth.headers("alice")
+    auth.admin_headers()
+    prediction_id, row_id = predict_and_label(client, user, x[0], y[0])
+    with app.app_context():
+        row = db.session.get(Feedback, row_id)
+        row.reviewed_by, row.reviewed_at = user_id(app, "root"), utcnow()
+        db.session.commit()
+    predict_again = client.post("/api/v2/feedback", headers=user, json={"prediction_id": prediction_id, "label": int(y[0])})
+    assert predict_again.status_code == 201  # the contract answers 201 for a replaced label too
+    assert rows(app)[row_id][:2] == ("accepted", None)  # the same label: the review still holds
+    wrong = (int(y[0]) + 1) % 10
+    assert client.post("/api/v2/feedback", headers=user, json={"prediction_id": prediction_id, "label": wrong}).status_code == 201
+    status, reason, detail, label = rows(app)[row_id]
+    assert (status, reason, label) == ("quarantined", "relabelled_after_review", wrong)
+    assert detail == {"reviewed_label": int(y[0]), "reviewed_by": user_id(app, "root")}
+    with app.app_context():
+        assert db.session.get(Feedback, row_id).reviewed_by is None

@@ -32,6 +32,12 @@ def give_feedback(prediction_id, label, *, user_id, is_admin):
         raise Forbidden("you can only give feedback on your own predictions")
     feedback = prediction.feedback
     if feedback is not None:
+        if feedback.reviewed_by is not None and label != feedback.label and not is_admin:
+            # An admin vouched for the old label, not this one: hold it until one looks again,
+            # or one accepted label could be turned into any label that skips every rule.
+            feedback.status, feedback.status_reason = "quarantined", "relabelled_after_review"
+            feedback.status_detail = {"reviewed_label": feedback.label, "reviewed_by": feedback.reviewed_by}
+            feedback.reviewed_by = feedback.reviewed_at = None
         feedback.label = label
         feedback.updated_at = utcnow()
         db.session.commit()
