@@ -114,24 +114,30 @@ def assess(feedback: FeedbackSet, model_path, *, apply=True):
 def _apply(feedback, result):
     from app.ml.trust import sample_detail
 
+    outlier = np.array([result.accounts[int(a)].outlier if int(a) in result.accounts else False
+                        for a in feedback.accounts], dtype=bool)
+    free = ~feedback.reviewed & ~feedback.trusted  # an admin's word stands
+    quarantine = free & outlier & (feedback.status == "accepted")
+    release = free & ~outlier & (feedback.status == "quarantined")
+    changing = np.flatnonzero(quarantine | release)
+    rows = {}
+    for start in range(0, len(changing), 500):
+        ids = [int(i) for i in feedback.ids[changing[start:start + 500]]]
+        rows.update({row.id: row for row in db.session.execute(db.select(Feedback).where(Feedback.id.in_(ids))).scalars()})
     changes = {"quarantined": 0, "released": 0}
-    now = utcnow()
-    for i, row_id in enumerate(feedback.ids):
-        if feedback.reviewed[i] or feedback.trusted[i]:
-            continue  # an admin's word stands
-        account = result.accounts.get(int(feedback.accounts[i]))
-        if account is None:
-            continue
-        row = db.session.get(Feedback, int(row_id))
-        if account.outlier and row.status == "accepted":
+    now = utcnow().isoformat()
+    for i in changing:
+        row = rows[int(feedback.ids[i])]
+        if quarantine[i]:
             row.status, row.status_reason = "quarantined", QUARANTINED_REASON
             changes["quarantined"] += 1
-        elif not account.outlier and row.status == "quarantined" and row.status_reason == QUARANTINED_REASON:
+        elif row.status_reason == QUARANTINED_REASON:  # only what the rules held, they release
             row.status, row.status_reason = "accepted", RELEASED_REASON
             changes["released"] += 1
         else:
             continue
-        row.status_detail = {"account": account.as_dict(), "label": sample_detail(result, i), "assessed_at": now.isoformat()}
+        account = result.accounts[int(feedback.accounts[i])]
+        row.status_detail = {"account": account.as_dict(), "label": sample_detail(result, i), "assessed_at": now}
         feedback.status[i] = row.status
     db.session.commit()
     if changes["quarantined"] or changes["released"]:
