@@ -155,7 +155,8 @@ def run_scenario(scenario, args, honest_rows, pool_rows, sets):
 
         def honest_label(item):
             i, (path, label) = item
-            user = honest[i % len(honest)]
+            # Consecutive blocks: rows cycle through the digits, so every account labels all ten.
+            user = honest[i * len(honest) // len(honest_rows)]
             pred = post(server, "/api/v2/predict", user, files={"file": (path.name, path.read_bytes())})
             post(server, "/api/v2/feedback", user, json={"prediction_id": pred.json()["prediction_id"], "label": label})
 
