@@ -102,6 +102,33 @@ class Config:
     # killed): it is marked failed so it cannot block retraining forever.
     RETRAIN_STALE_SECONDS = env_int("RETRAIN_STALE_SECONDS", 300)
     RETRAIN_QUEUE = os.environ.get("RETRAIN_QUEUE", "retrain")
+    # Poisoning resistance (issue 9; the reasoning behind each default is in the README).
+    # The gate refuses a candidate that loses more than this many percentage points on any
+    # one digit of the trusted evaluation set (MNIST hold-out + trusted feedback hold-out).
+    RETRAIN_MAX_CLASS_REGRESSION = env_float("RETRAIN_MAX_CLASS_REGRESSION", 2.0)
+    # No account supplies more than this share of a retrain's training samples (feedback plus
+    # the replay digits mixed in), overall or for any one digit; admin-verified labels are
+    # exempt. At 1/3 or more a sole labeller whose digits are spread evenly is never cut.
+    RETRAIN_MAX_ACCOUNT_SHARE = env_float("RETRAIN_MAX_ACCOUNT_SHARE", 0.35)
+    # Probation: a new account's labels count once it is this old OR has given this many
+    # labels (enough for the trust score below to judge it).
+    TRUST_PROBATION_HOURS = env_float("TRUST_PROBATION_HOURS", 24.0)
+    TRUST_PROBATION_LABELS = env_int("TRUST_PROBATION_LABELS", 20)
+    # Trust per account: a label is "unsupported" when the live model is at least this
+    # confident of another digit and other accounts' nearby labels do not back it (or when
+    # other accounts clearly agree on another digit). See app/ml/trust.py.
+    TRUST_MODEL_CONFIDENCE = env_float("TRUST_MODEL_CONFIDENCE", 0.75)
+    # Cosine similarity of penultimate-layer embeddings for another account's label to count
+    # as a neighbour's vote (one vote per account).
+    TRUST_NEIGHBOUR_SIMILARITY = env_float("TRUST_NEIGHBOUR_SIMILARITY", 0.95)
+    # An account is judged once it has this many labels ...
+    TRUST_MIN_LABELS = env_int("TRUST_MIN_LABELS", 20)
+    # ... and quarantined when its unsupported rate is at least TRUST_MIN_RATE and more than
+    # TRUST_OUTLIER_MADS robust deviations (MAD, floored at TRUST_MIN_SPREAD) above the median
+    # of the other judged accounts.
+    TRUST_MIN_RATE = env_float("TRUST_MIN_RATE", 0.10)
+    TRUST_OUTLIER_MADS = env_float("TRUST_OUTLIER_MADS", 5.0)
+    TRUST_MIN_SPREAD = env_float("TRUST_MIN_SPREAD", 0.02)
     REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
     # Seconds a PostgreSQL connection attempt may take: an unreachable database answers 503
     # quickly rather than holding a worker thread.

@@ -15,6 +15,7 @@ def init_app(app):
     app.cli.add_command(status)
     app.cli.add_command(purge_revocations)
     app.cli.add_command(model_cli)
+    app.cli.add_command(feedback_cli)
 
 
 @click.command("create-admin")
@@ -157,3 +158,28 @@ def retrain(wait, force):
     click.echo(json.dumps(retraining.job_body(job), default=str))
     if wait and job.status == "failed":
         sys.exit(1)
+
+
+feedback_cli = AppGroup("feedback", help="Judge stored feedback.")
+
+
+@feedback_cli.command("assess")
+@click.option("--dry-run", is_flag=True, help="print the verdicts, change no feedback row")
+def assess_feedback(dry_run):
+    """Score every account's labels against the live model and the other accounts (the
+    trust rules a retrain applies first); quarantine outliers, release the cleared.
+    Prints one JSON object per account with the numbers behind its verdict."""
+    from app.services import model_versions, trust
+    from app.ml.training import configure_tensorflow
+
+    live = model_versions.ensure_active_version()
+    if live is None:
+        raise click.ClickException("no active model to judge feedback with")
+    configure_tensorflow(current_app.config["TF_INTRA_OP_THREADS"], current_app.config["TF_INTER_OP_THREADS"])
+    feedback = trust.load_feedback()
+    assessment, changes = trust.assess(
+        feedback, model_versions.resolve_path(current_app.config["MODEL_DIR"], live.file_path), apply=not dry_run)
+    for account, verdict in sorted(assessment.accounts.items()):
+        click.echo(json.dumps({"user_id": None if account == trust.DELETED_ACCOUNT else account,
+                               "username": feedback.usernames.get(account), **verdict.as_dict()}))
+    click.echo(json.dumps({"model_version": live.version, "rows": len(feedback), "dry_run": dry_run, **changes}))

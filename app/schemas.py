@@ -266,7 +266,11 @@ class RetrainJobSchema(Schema):
     status = fields.String(metadata={"enum": ["queued", "running", "succeeded", "rejected", "failed"]})
     progress = fields.Float()
     force = fields.Boolean()
-    metrics = fields.Dict(allow_none=True)
+    metrics = fields.Dict(allow_none=True, metadata={"description": (
+        "when finished: both models' held-out accuracies; gate {passed, reasons, per_digit: "
+        "[{digit, live, candidate, drop_points, passed, samples}]}; accounts: [{user_id, username, "
+        "labels, used, gate_samples, capped, quarantined, on_probation, trust: {the numbers behind "
+        "the verdict}}]; samples; timings")})
     model_version = fields.String(allow_none=True)
     base_version = fields.String(allow_none=True)
     error = fields.String(allow_none=True)

@@ -181,4 +181,4 @@ def tiny_model_dir(tmp_path, tiny_model_source):
 def tiny_app(make_app, tiny_model_dir):
     """An app serving the tiny model, tuned so a retrain takes seconds."""
     return make_app(MODEL_DIR=str(tiny_model_dir), RETRAIN_EPOCHS=1, RETRAIN_MIN_FEEDBACK=20,
-                    RETRAIN_MAX_REGRESSION=100.0)
+                    RETRAIN_MAX_REGRESSION=100.0, RETRAIN_MAX_CLASS_REGRESSION=100.0)

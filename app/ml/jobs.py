@@ -16,8 +16,9 @@ import numpy as np
 from app.ml import gate
 from app.ml.calibration import calibrate
 from app.ml.datasets import as_float_images, stratified_sample
-from app.ml.evaluation import accuracy
+from app.ml.evaluation import predictions
 from app.ml.training import fine_tune
+from app.ml.trust import ADMIN_VOTER, cap_account_shares
 
 Progress = Callable[[float], None]
 
@@ -54,6 +55,24 @@ def split_replay(y_replay, holdout, seed=0):
     return train, held
 
 
+def trusted_holdout(y, accounts, trusted, fraction, seed, max_account_share, anchor_per_digit):
+    """Indices (train, holdout) of the feedback: about ``fraction`` of each account's labels
+    of each digit held out, then no account above ``max_account_share`` of the gate's
+    samples of any digit (held-out feedback plus ``anchor_per_digit`` MNIST hold-out
+    digits); what the cap leaves out goes back to training. Admin-verified labels are
+    held out like the rest and never capped.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    groups = np.where(trusted, ADMIN_VOTER, accounts).astype(np.int64)
+    _, group_index = np.unique(groups, return_inverse=True)
+    train, hold = stratified_holdout(group_index * 10 + y, fraction, seed)
+    if max_account_share is not None and len(hold):
+        keep, _ = cap_account_shares(groups[hold], y[hold], trusted[hold], max_account_share,
+                                     anchor_per_digit=anchor_per_digit, seed=seed)
+        train, hold = np.sort(np.concatenate([train, hold[~keep]])), hold[keep]
+    return train, hold
+
+
 def _model_predict_fn(model):
     """Direct calls in batches: fast on CPU and never touches a serving object."""
 
@@ -76,6 +95,10 @@ def run_retrain(
     from_scratch=False,
     replay_holdout=None,
     progress: Progress | None = None,
+    accounts=None,
+    trusted=None,
+    max_class_regression_points=None,
+    max_account_share=None,
 ):
     """Fine-tune a candidate from the live model and decide whether it may replace it.
 
@@ -83,6 +106,11 @@ def run_retrain(
     ``replay.npz``); without it a fixed part of the replay sample is held out instead.
     Returns a ``RetrainResult`` with the candidate, the gate's decision and metrics for
     both models on the same held-out feedback and replay digits.
+
+    ``accounts`` (one id per feedback sample) and ``trusted`` (admin-verified) shape the
+    held-out feedback so that no account dominates it (``trusted_holdout``); with
+    ``max_class_regression_points`` the gate also compares both models digit by digit on
+    held-out feedback and MNIST hold-out together.
     """
     import keras
 
@@ -90,7 +118,8 @@ def run_retrain(
     started = time.perf_counter()
     x_feedback = np.asarray(x_feedback, dtype=np.float32)
     y_feedback = np.asarray(y_feedback, dtype=np.int64)
-    fb_train, fb_hold = stratified_holdout(y_feedback, FEEDBACK_HOLDOUT, seed)
+    accounts = np.zeros(len(y_feedback), np.int64) if accounts is None else np.asarray(accounts, np.int64)
+    trusted = np.zeros(len(y_feedback), bool) if trusted is None else np.asarray(trusted, bool)
     x_replay = as_float_images(x_replay)
     y_replay = np.asarray(y_replay)
     if replay_holdout is not None:
@@ -100,6 +129,8 @@ def run_retrain(
         rp_train, rp_hold = split_replay(y_replay, REPLAY_HOLDOUT)
         x_rp_train, y_rp_train = x_replay[rp_train], y_replay[rp_train]
         x_rp_hold, y_rp_hold = x_replay[rp_hold], y_replay[rp_hold]
+    fb_train, fb_hold = trusted_holdout(y_feedback, accounts, trusted, FEEDBACK_HOLDOUT, seed, max_account_share,
+                                        np.bincount(np.asarray(y_rp_hold, np.int64), minlength=10))
     report(0.02)
 
     # Training gets 90 % of the progress bar: it is where the time goes.
@@ -115,10 +146,7 @@ def run_retrain(
     live = keras.models.load_model(live_model_path, compile=False)
     sets = {"feedback_holdout": (x_feedback[fb_hold], y_feedback[fb_hold]),
             "replay_holdout": (x_rp_hold, y_rp_hold)}
-    scores = {"live": {}, "candidate": {}}
-    for name, model in (("live", live), ("candidate", candidate)):
-        for set_name, (x, y) in sets.items():
-            scores[name][f"{set_name}_accuracy"] = accuracy(_model_predict_fn(model), x, y) if len(y) else None
+    scores, digits, decision = judge(live, candidate, sets, max_regression_points, max_class_regression_points)
     # The candidate's temperature is fitted on the replay hold-out alone: MNIST digits no model
     # trained on, with labels no account can poison, and enough of them (1,000 shipped) for a
     # stable fit; held-out feedback is small and carries whatever labels users gave. The fit
@@ -126,19 +154,45 @@ def run_retrain(
     # prediction, so the gate's accuracies on the same digits are unaffected.
     calibration = calibrate(_model_predict_fn(candidate)(x_rp_hold), y_rp_hold) if len(y_rp_hold) else None
     report(0.97)
-
-    decision = gate.decide(scores["live"], scores["candidate"], max_regression_points)
     metrics = {
         **scores,
         "gate": {"passed": decision.passed, "reasons": decision.reasons,
-                 "max_regression_points": max_regression_points},
+                 "max_regression_points": max_regression_points,
+                 "max_class_regression_points": max_class_regression_points, "per_digit": digits},
         "samples": {
             "feedback_train": int(len(fb_train)), "feedback_holdout": int(len(fb_hold)),
             "replay_train": int(len(y_rp_train)), "replay_holdout": int(len(y_rp_hold)),
         },
         "calibration": calibration,
+        # Per account (admin-verified labels under ADMIN_VOTER): what trained, what judged.
+        "per_account": _per_account(np.where(trusted, ADMIN_VOTER, accounts), fb_train, fb_hold),
         "epochs": epochs,
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
     }
     return RetrainResult(candidate=candidate, decision=decision, metrics=metrics)
+
+
+def judge(live, candidate, sets, max_regression_points, max_class_regression_points=None):
+    """Both models on the same held-out sets (``{"feedback_holdout": (x, y), "replay_holdout":
+    (x, y)}``): accuracies per set, the per-digit comparison over both sets together (None
+    without ``max_class_regression_points``) and the gate's decision."""
+    scores = {"live": {}, "candidate": {}}
+    predicted = {"live": [], "candidate": []}
+    for name, model in (("live", live), ("candidate", candidate)):
+        for set_name, (x, y) in sets.items():
+            guess = predictions(_model_predict_fn(model), x) if len(y) else np.zeros(0, np.int64)
+            predicted[name].append(guess)
+            scores[name][f"{set_name}_accuracy"] = float(np.mean(guess == y)) if len(y) else None
+    digits = None
+    if max_class_regression_points is not None:
+        y_gate = np.concatenate([np.asarray(y) for _, y in sets.values()])
+        digits = gate.per_digit(y_gate, np.concatenate(predicted["live"]), np.concatenate(predicted["candidate"]),
+                                max_class_regression_points)
+    return scores, digits, gate.decide(scores["live"], scores["candidate"], max_regression_points, digits)
+
+
+def _per_account(groups, train, hold):
+    ids = np.unique(groups)
+    return {str(int(a)): {"train": int(np.sum(groups[train] == a)), "holdout": int(np.sum(groups[hold] == a))}
+            for a in ids}

@@ -43,3 +43,25 @@ def build_model(width: int = 24, dropout: float = 0.3) -> keras.Model:
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name="digit_cnn")
+
+
+def probabilities_and_embeddings(model: keras.Model, x, batch_size: int = 256):
+    """``(probs (n,10), embeddings (n,d))`` of images ``(n,28,28)`` in [0,1].
+
+    The embedding is what the last (softmax) layer sees: the penultimate-layer features in
+    which images the network takes for the same digit lie close together. The trust score
+    compares labels of neighbours there (``app/ml/trust.py``). The ONNX export serves only
+    the softmax, so this runs the Keras file, in processes that already hold TensorFlow.
+    """
+    import numpy as np
+
+    head = model.layers[-1]
+    both = keras.Model(model.inputs[0], [model.outputs[0], head.input])
+    probs, feats = [], []
+    for start in range(0, len(x), batch_size):
+        p, f = both(np.asarray(x[start:start + batch_size], dtype=np.float32), training=False)
+        probs.append(np.asarray(p))
+        feats.append(np.asarray(f).reshape(len(p), -1))
+    if not probs:
+        return np.zeros((0, NUM_CLASSES), np.float32), np.zeros((0, head.input.shape[-1] or 0), np.float32)
+    return np.concatenate(probs), np.concatenate(feats)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
-from app.entities import Feedback, RetrainJob, StoredImage, utcnow
+from app.entities import Feedback, RetrainJob, utcnow
 from app.errors import ApiError, Conflict, NotFound, ServiceUnavailable
 from app.extensions import db
 from app.metrics import observe_retrain
@@ -60,6 +60,7 @@ def recent_jobs(limit):
 
 
 def usable_feedback_count():
+    """Feedback a retrain may learn from: only ``accepted`` rows (not quarantined or rejected)."""
     return db.session.scalar(db.select(db.func.count(Feedback.id)).where(Feedback.status == "accepted"))
 
 
@@ -205,30 +206,19 @@ def _finish(job, status, *, error=None, metrics=None, model_version=None):
 
 
 def load_training_data():
-    """Feedback re-read from the stored originals with today's preprocessing, plus replay digits."""
+    """Feedback rows re-read from the stored originals with today's preprocessing
+    (``app.services.trust.FeedbackSet``: every row not rejected, with its account and status),
+    plus the replay digits and the MNIST hold-out shipped beside the models."""
     import numpy as np
 
-    from app.ml.preprocessing import ImageRejected, preprocess
+    from app.services import trust
 
-    rows = db.session.execute(
-        db.select(Feedback.label, StoredImage.data).join(StoredImage, Feedback.image_sha256 == StoredImage.sha256)
-        .where(Feedback.status == "accepted")  # quarantined and rejected labels are never trained on
-        .order_by(Feedback.id)
-    ).all()
-    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
-    xs, ys, skipped = [], [], 0
-    for label, data in rows:
-        try:
-            xs.append(preprocess(data, max_pixels=max_pixels))
-            ys.append(label)
-        except ImageRejected:  # preprocessing changed since upload: leave it out, say so
-            skipped += 1
+    feedback = trust.load_feedback()
     with np.load(os.path.join(current_app.config["MODEL_DIR"], "replay.npz")) as replay:
         x_replay, y_replay = replay["x"], replay["y"]
         # Digits no model trained on, for the gate's forgetting check (older folders lack them).
         holdout = (replay["x_holdout"], replay["y_holdout"]) if "x_holdout" in replay.files else None
-    x = np.stack(xs) if xs else np.zeros((0, 28, 28), np.float32)
-    return x, np.array(ys, dtype=np.int64), x_replay, y_replay, holdout, skipped
+    return feedback, x_replay, y_replay, holdout
 
 
 def run_job(job_id):
@@ -248,16 +238,25 @@ def run_job(job_id):
         # an RQ worker, the CLI, or a web worker running a thread-backend job: that worker
         # keeps it until it restarts. Serving alone never imports it.
         from app.ml.jobs import run_retrain
-        from app.ml.training import configure_tensorflow
+        from app.ml.training import FT_REPLAY_RATIO, configure_tensorflow
+        from app.services import trust
 
         configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
         if live is None:
             raise RuntimeError("no active model to retrain from")
-        x, y, x_replay, y_replay, replay_holdout, skipped = load_training_data()
-        _log_phase(job, "data", "%d feedback samples (%d skipped), %d replay digits", len(y), skipped, len(y_replay))
+        live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
+        feedback, x_replay, y_replay, replay_holdout = load_training_data()
+        # Whose labels to believe is decided before anything trains on them.
+        assessment, changes = trust.assess(feedback, live_path)
+        selection = trust.select_for_training(feedback, replay_per_feedback=FT_REPLAY_RATIO, seed=config["RETRAIN_SEED"])
+        used = selection.index
+        x, y = feedback.x[used], feedback.labels[used]
+        _log_phase(job, "data", "%d feedback samples used of %d (%d skipped, %d quarantined now, %d released, "
+                   "%d on probation, %d capped), %d replay digits", len(y), len(feedback), feedback.skipped,
+                   changes["quarantined"], changes["released"], int(selection.probation.sum()),
+                   sum(selection.dropped_by_cap.values()), len(y_replay))
         if len(y) < config["RETRAIN_MIN_FEEDBACK"]:
             raise RuntimeError(f"only {len(y)} usable feedback samples")
-        live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
 
         def progress(fraction):
             _update(job, progress=round(min(fraction, 0.99), 4))
@@ -267,8 +266,14 @@ def run_job(job_id):
             epochs=config["RETRAIN_EPOCHS"], seed=config["RETRAIN_SEED"],
             max_regression_points=config["RETRAIN_MAX_REGRESSION"],
             from_scratch=config["RETRAIN_FROM_SCRATCH"], replay_holdout=replay_holdout, progress=progress,
+            accounts=feedback.accounts[used], trusted=feedback.trusted[used],
+            max_class_regression_points=config["RETRAIN_MAX_CLASS_REGRESSION"],
+            max_account_share=config["RETRAIN_MAX_ACCOUNT_SHARE"],
         )
-        metrics = {**result.metrics, "feedback_skipped": skipped, "forced": bool(job.force)}
+        per_account = result.metrics.pop("per_account")
+        metrics = {**result.metrics, "feedback_skipped": feedback.skipped, "forced": bool(job.force),
+                   "accounts": trust.account_report(feedback, assessment, selection, per_account),
+                   "trust": {**changes, "max_account_share": config["RETRAIN_MAX_ACCOUNT_SHARE"]}}
         promote = result.decision.passed or job.force
         _log_phase(job, "gated", "gate %s%s", "passed" if result.decision.passed else "failed",
                    " (forced)" if job.force and not result.decision.passed else "")

@@ -1,5 +1,7 @@
 """The promotion gate and the retrain pipeline (split, fine-tune, evaluate, gate)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,52 @@ def test_split_replay_is_fixed_and_never_takes_more_than_half(replay_digits):
     assert np.array_equal(split_replay(y, 1000)[1], held)  # the same digits in every retrain
     small_train, small_held = split_replay(y[:300], 1000)
     assert len(small_train) + len(small_held) == 300 and abs(len(small_held) - 150) <= 10
+
+
+# --------------------------------------------------------------------------- a poisoned candidate
+
+
+def poisoned_copy(model, source, target):
+    """The same network, except that whatever it took for ``source`` it now calls ``target``:
+    what fine-tuning on ``source`` digits labelled ``target`` teaches it."""
+    import keras
+
+    poisoned = keras.models.clone_model(model)
+    poisoned.set_weights(model.get_weights())
+    dense = poisoned.get_layer("probs")
+    kernel, bias = dense.get_weights()
+    kernel[:, target], bias[target] = kernel[:, source], bias[source] + 1.0
+    dense.set_weights([kernel, bias])
+    return poisoned
+
+
+def test_the_per_digit_gate_refuses_a_poisoned_candidate_that_the_overall_rules_pass(replay_digits):
+    """The poisoned feedback in the hold-out makes the candidate look better there, and the
+    replay allowance is generous: only the per-digit rule sees that the 7s are gone."""
+    import keras
+
+    from app.ml.jobs import judge
+
+    base = Path(__file__).resolve().parents[2] / "models" / "base.keras"
+    live = keras.models.load_model(base, compile=False)
+    candidate = poisoned_copy(live, source=7, target=1)
+    with np.load(base.parent / "replay.npz") as shipped:
+        x_hold, y_hold = shipped["x_holdout"][::4].astype(np.float32) / 255, shipped["y_holdout"][::4]
+    x, y = replay_digits
+    sevens = np.flatnonzero(y == 7)[:12]
+    x_fb = x[sevens].astype(np.float32) / 255
+    y_fb = np.full(len(sevens), 1)  # the poison, held out beside the training part
+    sets = {"feedback_holdout": (x_fb, y_fb), "replay_holdout": (x_hold, y_hold)}
+
+    scores, digits, decision = judge(live, candidate, sets, max_regression_points=100)
+    assert decision.passed and digits is None  # without the per-digit rule it would go live
+    assert scores["candidate"]["feedback_holdout_accuracy"] > scores["live"]["feedback_holdout_accuracy"]
+
+    scores, digits, decision = judge(live, candidate, sets, 100, max_class_regression_points=2.0)
+    assert not decision.passed
+    seven = digits[7]
+    assert seven["samples"] == int(np.sum(y_hold == 7)) and seven["live"] > 0.9 and seven["candidate"] < 0.1
+    assert not seven["passed"] and seven["drop_points"] > 80
+    assert any(reason.startswith("digit 7:") for reason in decision.reasons)
+    # A healthy candidate (the live model itself) passes the same rule.
+    assert judge(live, live, sets, 0.0, 2.0)[2].passed
