@@ -103,11 +103,12 @@ def snapshot(app):
 
 
 def training_labels(app):
-    """The labels the next retrain would learn from, read the way the job reads them."""
+    """The labels the next retrain may learn from (accepted), read the way the job reads them."""
     from app.services.retraining import load_training_data
 
     with app.app_context():
-        return sorted(load_training_data()[1].tolist())
+        feedback = load_training_data()[0]
+        return sorted(feedback.labels[feedback.status == "accepted"].tolist())
 
 
 def error_code(response, status):
