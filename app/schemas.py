@@ -311,7 +311,7 @@ class ReviewFeedbackItemSchema(Schema):
     model_version = fields.String(allow_none=True)
     status = fields.String(metadata={"enum": list(FEEDBACK_STATUSES)})
     reason = fields.String(allow_none=True, metadata={"description": "why it has its status (a short code)",
-                                                      "example": "account_outlier"})
+                                                      "example": "trust_outlier"})
     detail = fields.Dict(allow_none=True, metadata={"description": "the numbers behind the reason"})
     reviewed_by = fields.Integer(allow_none=True, metadata={"description": "the admin who last reviewed it"})
     reviewed_at = UtcDateTime(allow_none=True)

@@ -81,7 +81,7 @@ def add_prediction(app, *, confidence, seed, username="uma", version=None, age=t
         return row.id
 
 
-def add_feedback(app, *, seed, label=7, status="quarantined", reason="account_outlier", detail=None,
+def add_feedback(app, *, seed, label=7, status="quarantined", reason="trust_outlier", detail=None,
                  username="uma", prediction_id=None):
     with app.app_context():
         digest = db.session.get(Prediction, prediction_id).image_sha256 if prediction_id else stored(seed)
@@ -199,7 +199,7 @@ def test_quarantined_queue_oldest_first_with_reasons_and_paging(app, client, adm
     assert on_prediction == {
         "feedback_id": held[held.index(on_prediction["feedback_id"])], "prediction_id": prediction,
         "user_id": on_prediction["user_id"], "username": "mallory", "label": 1, "predicted": 3,
-        "confidence": 0.97, "model_version": "tiny-1", "status": "quarantined", "reason": "account_outlier",
+        "confidence": 0.97, "model_version": "tiny-1", "status": "quarantined", "reason": "trust_outlier",
         "detail": {"disagreement": 0.8, "peers_median": 0.1}, "reviewed_by": None, "reviewed_at": None,
         "image_url": on_prediction["image_url"], "created_at": on_prediction["created_at"]}
     upload = pages[0]["items"][0]
@@ -541,7 +541,7 @@ def test_image_requests_have_their_own_rate_limit(make_app, tiny_model_dir):
 # --- counts: admin stats and /metrics ------------------------------------------------------
 
 def test_counts_per_status_and_quarantined_gauge_by_reason(app, client, admin):
-    for seed, status, reason in [(1, "quarantined", "account_outlier"), (2, "quarantined", "account_outlier"),
+    for seed, status, reason in [(1, "quarantined", "trust_outlier"), (2, "quarantined", "trust_outlier"),
                                  (3, "quarantined", "new_account"), (4, "rejected", "admin_rejected"),
                                  (5, "accepted", None)]:
         add_feedback(app, seed=seed, status=status, reason=reason)
@@ -554,8 +554,8 @@ def test_counts_per_status_and_quarantined_gauge_by_reason(app, client, admin):
         return {s.labels["reason"]: s.value for family in text_string_to_metric_families(text)
                 for s in family.samples if s.name == "digit_feedback_quarantined"}
 
-    assert quarantined_gauge() == {"account_outlier": 2, "new_account": 1}
+    assert quarantined_gauge() == {"trust_outlier": 2, "new_account": 1}
     with app.app_context():
-        ids = db.session.scalars(db.select(Feedback.id).filter_by(status_reason="account_outlier")).all()
+        ids = db.session.scalars(db.select(Feedback.id).filter_by(status_reason="trust_outlier")).all()
     client.post("/admin/review/bulk", headers=admin, json={"action": "accept", "feedback_ids": ids})
     assert quarantined_gauge() == {"new_account": 1}

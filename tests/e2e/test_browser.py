@@ -305,15 +305,6 @@ def test_retrain_follows_the_progress_bar_to_the_end_then_roll_back(browser, liv
     phone.close()
 
 
-# After the merge: these need pieces that other branches bring (issue 9's per-digit gate and
-# the review queue). Until then they skip, and say why; the integrator removes the skips.
-
-def _gate_reports_per_digit():
-    """Whether the gate writes ``metrics["gate"]["per_digit"]`` rows (their ``drop_points`` field)."""
-    return any("drop_points" in path.read_text() for path in (ROOT / "app").rglob("*.py"))
-
-
-@pytest.mark.skipif(not _gate_reports_per_digit(), reason="INTEGRATOR: remove this skip once issue 9's per-digit gate is merged")
 def test_gate_verdict_per_digit_after_a_retrain(browser, live_server, tiny_model_source, replay_digits):
     server = retrained_server(live_server, tiny_model_source, replay_digits)
     tab = Tab(browser, server.url, DESKTOP).open("/admin")
@@ -332,7 +323,7 @@ def test_gate_verdict_per_digit_after_a_retrain(browser, live_server, tiny_model
     tab.close()
 
 
-def _quarantine(server, feedback_ids, reason="account_outlier"):
+def _quarantine(server, feedback_ids, reason="trust_outlier"):
     """Put feedback in quarantine the way the trust rules would (their rules are not under test here)."""
     import sqlite3
 

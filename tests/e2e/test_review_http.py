@@ -68,13 +68,13 @@ def test_review_round_trip(live_server):
     # The trust rules hold the wrong label (their result written as they would write it).
     engine = sqlalchemy.create_engine(server.database_url)
     with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("UPDATE feedback SET status='quarantined', status_reason='account_outlier' "
+        conn.execute(sqlalchemy.text("UPDATE feedback SET status='quarantined', status_reason='trust_outlier' "
                                      "WHERE id=:id"), {"id": given[1]["id"]})
     engine.dispose()
     held = requests.get(base + "/admin/review", headers=admin, timeout=10).json()
     assert [(i["feedback_id"], i["reason"], i["username"]) for i in held["items"]] == [
-        (given[1]["id"], "account_outlier", "vera")]
-    assert quarantined_gauge(server) == {"account_outlier": 1}
+        (given[1]["id"], "trust_outlier", "vera")]
+    assert quarantined_gauge(server) == {"trust_outlier": 1}
 
     # Bulk with an unknown id: nothing changes.
     refused = requests.post(base + "/admin/review/bulk", headers=admin, timeout=10,
