@@ -559,3 +559,23 @@ def test_counts_per_status_and_quarantined_gauge_by_reason(app, client, admin):
         ids = db.session.scalars(db.select(Feedback.id).filter_by(status_reason="trust_outlier")).all()
     client.post("/admin/review/bulk", headers=admin, json={"action": "accept", "feedback_ids": ids})
     assert quarantined_gauge() == {"new_account": 1}
+
+
+def test_error_rates_count_only_the_labels_the_service_believes(app, client, admin):
+    """A held or rejected label says nothing about the model: the error rates leave it out."""
+    right = add_prediction(app, confidence=0.9, seed=1)
+    wrong = add_prediction(app, confidence=0.9, seed=2)
+    held = add_prediction(app, confidence=0.9, seed=3)
+    refused = add_prediction(app, confidence=0.9, seed=4)
+    add_feedback(app, seed=1, label=3, status="accepted", reason=None, prediction_id=right)
+    add_feedback(app, seed=2, label=5, status="accepted", reason=None, prediction_id=wrong)
+    add_feedback(app, seed=3, label=1, prediction_id=held)
+    add_feedback(app, seed=4, label=1, status="rejected", reason="admin_rejected", prediction_id=refused)
+    add_feedback(app, seed=5, label=2, status="accepted", reason=None)  # a labelled upload
+    stats = client.get("/admin/feedback/stats", headers=admin).get_json()
+    version = stats["live_model_version"]
+    assert stats["total"] == 5
+    assert stats["per_model_version"][version] == {"feedback": 2, "wrong": 1, "error_rate": 0.5}
+    assert stats["per_model_version"]["(labelled uploads)"]["feedback"] == 1
+    by_day = client.get("/admin/stats", headers=admin).get_json()["feedback_by_day"]
+    assert [(row["feedback"], row["wrong"]) for row in by_day] == [(2, 1)]

@@ -113,7 +113,8 @@ def last_retrain_time():
 
 
 def stats():
-    """Counts per label and per model version, and how often the live model was wrong."""
+    """Counts per label, status and model version, and how often the live model was wrong
+    (by the accepted labels: a quarantined or rejected one is not evidence of an error)."""
     total = db.session.scalar(db.select(func.count(Feedback.id)))
     per_label = {str(d): 0 for d in range(10)}
     for label, count in db.session.execute(db.select(Feedback.label, func.count()).group_by(Feedback.label)):
@@ -132,12 +133,13 @@ def stats():
         )
         .select_from(Feedback)
         .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Feedback.status == "accepted")  # held or rejected labels are not believed: no error
         .group_by(Prediction.model_version)
     )
     for version, count, wrong in rows:
         wrong = int(wrong or 0)
         per_version[version] = {"feedback": count, "wrong": wrong, "error_rate": round(wrong / count, 4)}
-    uploads_only = total - sum(v["feedback"] for v in per_version.values())
+    uploads_only = db.session.scalar(db.select(func.count(Feedback.id)).where(Feedback.prediction_id.is_(None)))
     if uploads_only:
         per_version["(labelled uploads)"] = {"feedback": uploads_only, "wrong": None, "error_rate": None}
 

@@ -77,13 +77,14 @@ def _shares(counts):
 
 
 def feedback_by_day(days=30):
-    """Labels on predictions per day and predicting version, with how many disagreed: the
-    error-rate estimate over time."""
+    """Accepted labels on predictions per day and predicting version, with how many disagreed:
+    the error-rate estimate over time."""
     day = func.date(Feedback.created_at)
     rows = db.session.execute(
         db.select(day, Prediction.model_version, func.count(),
                   func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)))
         .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Feedback.status == "accepted")  # as the error rates: only labels the service believes
         .group_by(day, Prediction.model_version).order_by(day.desc()).limit(days * 10)
     ).all()
     return [{"day": str(d), "model_version": v, "feedback": n, "wrong": int(w or 0),
