@@ -1,6 +1,5 @@
 """Feedback: users' true labels, the rules on who may give them, and the admin's view."""
 
-import math
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -10,6 +9,7 @@ from app.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.extensions import db
 from app.metrics import observe_feedback
 from app.services.model_versions import ensure_active_version
+from app.services.pagination import page_body, page_of
 from app.services.predictions import preprocess_uploads, store_images
 
 
@@ -91,18 +91,9 @@ def serialize(feedback):
 
 
 def list_own(user_id, page, per_page):
-    query = db.select(Feedback).filter_by(user_id=user_id)
-    total = db.session.scalar(db.select(func.count()).select_from(query.subquery()))
-    items = db.session.execute(
-        query.order_by(Feedback.id.desc()).limit(per_page).offset((page - 1) * per_page)
-    ).scalars().all()
-    return {
-        "items": [serialize(f) for f in items],
-        "page": page,
-        "per_page": per_page,
-        "total": total,
-        "pages": math.ceil(total / per_page) if total else 0,
-    }
+    query = db.select(Feedback).filter_by(user_id=user_id).order_by(Feedback.id.desc())
+    rows, total = page_of(query, page, per_page)
+    return page_body([serialize(f) for f in rows], page=page, per_page=per_page, total=total)
 
 
 def last_retrain_time():

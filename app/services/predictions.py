@@ -1,11 +1,10 @@
 """Predictions: preprocess uploads, run one batched inference, store what was asked and answered."""
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import func, insert
+from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import selectinload
@@ -13,6 +12,7 @@ from sqlalchemy.orm import selectinload
 from app.entities import Prediction, StoredImage
 from app.extensions import db
 from app.metrics import observe_predictions
+from app.services.pagination import page_body, page_of
 
 # Core inserts on the tables, built once. Same SQL and column defaults as the ORM-enabled
 # forms, without the ORM bulk-insert bookkeeping, which cost about as much as the database
@@ -107,19 +107,10 @@ def predict_uploads(uploads, *, user_id, api_version):
 
 def list_own(user_id, page, per_page):
     """The caller's own predictions, newest first, each with the label they gave it (if any)."""
-    query = db.select(Prediction).filter_by(user_id=user_id)
-    total = db.session.scalar(db.select(func.count()).select_from(query.subquery()))
-    rows = db.session.execute(
-        query.options(selectinload(Prediction.feedback))
-        .order_by(Prediction.id.desc()).limit(per_page).offset((page - 1) * per_page)
-    ).scalars().all()
-    return {
-        "items": [_own_body(row) for row in rows],
-        "page": page,
-        "per_page": per_page,
-        "total": total,
-        "pages": math.ceil(total / per_page) if total else 0,
-    }
+    query = (db.select(Prediction).filter_by(user_id=user_id).options(selectinload(Prediction.feedback))
+             .order_by(Prediction.id.desc()))
+    rows, total = page_of(query, page, per_page)
+    return page_body([_own_body(row) for row in rows], page=page, per_page=per_page, total=total)
 
 
 def _own_body(row):

@@ -14,7 +14,6 @@ it again, and its owner can no longer replace its label.
 """
 
 import io
-import math
 import re
 from datetime import timedelta
 
@@ -27,6 +26,7 @@ from app.errors import Conflict, NotFound, ValidationFailed
 from app.extensions import db
 from app.metrics import observe_feedback
 from app.services.model_versions import active_version
+from app.services.pagination import page_body
 
 # What each action sets; relabel is an accept with the admin's label.
 STATUS_OF_ACTION = {"accept": "accepted", "reject": "rejected", "relabel": "accepted"}
@@ -36,13 +36,8 @@ ADMIN_LABELLED = "admin_labelled"  # the reason of a label an admin gave on an u
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-def _pages(total, per_page):
-    return math.ceil(total / per_page) if total else 0
-
-
 def _page_body(queue_name, items, page, per_page, total):
-    return {"queue": queue_name, "items": items, "page": page, "per_page": per_page, "total": total,
-            "pages": _pages(total, per_page)}
+    return page_body(items, page=page, per_page=per_page, total=total, queue=queue_name)
 
 
 def image_url(digest):
