@@ -245,6 +245,16 @@ def feed(server, headers, replay_digits, n=24):
         assert response.status_code == 201, response.text
 
 
+def wait_until(condition, timeout, what):
+    """Poll ``condition()`` until it is true; fail saying ``what`` did not happen in ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not {what} within {timeout}s")
+
+
 def wait_status(server, admin, job_id, statuses, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

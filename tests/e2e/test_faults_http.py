@@ -6,14 +6,13 @@ The database and Redis here are servers of the test's own (not the shared ones o
 server are in ``test_learning_loop.py``; in-process faults in ``tests/test_faults.py``.
 """
 
-import time
 import uuid
 
 import pytest
 import requests
 
 from support import (FRESH, LOOP_ENV, LiveServer, OwnPostgres, OwnRedis, ask_every_worker, constant_model, feed,
-                     fresh_postgres_database, mnist_png)
+                     fresh_postgres_database, mnist_png, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,15 +39,6 @@ def own_redis(tmp_path):
 def predict(server, headers, image):
     return requests.post(server.url + "/api/v2/predict", headers={**headers, **FRESH}, timeout=30,
                          files={"file": ("d.png", image, "image/png")})
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} within {timeout}s")
 
 
 def test_database_down_is_503_json_and_the_server_recovers_by_itself(own_postgres, tmp_path, replay_digits):

@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 import requests
 
-from support import BIN, FRESH, LOOP_ENV, ROOT, OwnRedis, ask_every_worker, feed, mnist_png, wait_status
+from support import BIN, FRESH, LOOP_ENV, ROOT, OwnRedis, ask_every_worker, feed, mnist_png, wait_status, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -111,15 +111,6 @@ class Clients:
             thread.join(timeout=120)
 
 
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} within {timeout}s")
-
-
 def stored_labels(database_url, ids):
     """Feedback rows as the database has them (not as the API says)."""
     from sqlalchemy import create_engine, text
@@ -158,7 +149,7 @@ def test_soak_predictions_and_feedback_during_two_retrains_and_a_rollback(
         started = time.monotonic()
         with Clients(server, users, digits) as clients:
             # Warm-up: every worker has answered for a few seconds, then the baseline.
-            wait_for(lambda: len(clients.served_by_each_worker()) == 2, 60, "answered by both workers")
+            wait_until(lambda: len(clients.served_by_each_worker()) == 2, 60, "answered by both workers")
             time.sleep(5)
             workers = sorted(int(w.rsplit(":", 1)[1]) for w in clients.served_by_each_worker())
             baseline = {pid: rss_bytes(pid) for pid in workers}
@@ -173,12 +164,12 @@ def test_soak_predictions_and_feedback_during_two_retrains_and_a_rollback(
                                   timeout=600)
                 assert job["status"] == "succeeded", job
                 version = job["model_version"]
-                wait_for(lambda: set(clients.served_by_each_worker().values()) == {version}, 60,
+                wait_until(lambda: set(clients.served_by_each_worker().values()) == {version}, 60,
                          f"{version} served by every worker")
                 timeline.append((round(time.monotonic() - started, 1), version, rss_mib(workers)))
             rollback = requests.post(server.url + "/admin/models/tiny-1/activate", headers=admin, timeout=60)
             assert rollback.status_code == 200, rollback.text
-            wait_for(lambda: set(clients.served_by_each_worker().values()) == {"tiny-1"}, 60,
+            wait_until(lambda: set(clients.served_by_each_worker().values()) == {"tiny-1"}, 60,
                      "tiny-1 served by every worker")
             timeline.append((round(time.monotonic() - started, 1), "tiny-1 (rollback)", rss_mib(workers)))
             remaining = SOAK_SECONDS - (time.monotonic() - started)
