@@ -38,7 +38,7 @@ from PIL import Image
 
 from _paths import ROOT  # noqa: E402  (sets up imports first)
 
-from support import LiveServer  # noqa: E402
+from support import FINISHED, LiveServer, wait_status  # noqa: E402
 
 BATCH = 64
 TARGETS = {"mnist": 0.02, "uploads": 0.02, "printed": 0.03, "printed_all": 0.03}
@@ -169,12 +169,7 @@ def retrain(server, headers, admin, feed, workers, probe):
     accepted = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=60)
     accepted.raise_for_status()
     job_id = accepted.json()["job_id"]
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        job = requests.get(f"{server.url}/admin/retrain/{job_id}", headers=admin, timeout=60).json()
-        if job["status"] in ("succeeded", "rejected", "failed"):
-            break
-        time.sleep(0.5)
+    job = wait_status(server, admin, job_id, FINISHED, timeout=900)
     if job["status"] != "succeeded":
         raise RuntimeError(f"retrain job ended {job['status']}: {job.get('error')} {job.get('metrics', {}).get('gate')}")
     wait_every_worker(server, headers, probe, lambda b: b["model_version"] == job["model_version"], workers)

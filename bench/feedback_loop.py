@@ -29,7 +29,7 @@ import requests
 
 from _paths import ROOT  # noqa: E402  (sets up imports first)
 
-from support import LiveServer  # noqa: E402  (the same deployment helper the e2e tests use)
+from support import FINISHED, LiveServer, wait_status  # noqa: E402  (the same deployment helper the e2e tests use)
 
 
 def parse_args():
@@ -115,11 +115,7 @@ def run(args, server, feed_rows, x_printed, y_printed, x_mnist, y_mnist):
     accepted = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=60)
     accepted.raise_for_status()
     job_id = accepted.json()["job_id"]
-    while True:
-        job = requests.get(f"{server.url}/admin/retrain/{job_id}", headers=admin, timeout=60).json()
-        if job["status"] in ("succeeded", "rejected", "failed"):
-            break
-        time.sleep(0.5)
+    job = wait_status(server, admin, job_id, FINISHED, timeout=900)
     time.sleep(4)
     stop.set()
     for t in threads:

@@ -40,7 +40,7 @@ from PIL import Image
 
 from _paths import ROOT  # noqa: E402  (sets up imports first)
 
-from support import LiveServer  # noqa: E402
+from support import FINISHED, LiveServer, wait_status  # noqa: E402
 
 SCENARIOS = ("control", "one", "three", "mixed")
 
@@ -173,14 +173,7 @@ def run_scenario(scenario, args, honest_rows, pool_rows, sets):
         feed_seconds = time.perf_counter() - started
 
         job_id = post(server, "/admin/retrain", admin, json={}).json()["job_id"]
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            job = requests.get(f"{server.url}/admin/retrain/{job_id}", headers=admin, timeout=60).json()
-            if job["status"] in ("succeeded", "rejected", "failed"):
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"job {job_id} did not finish:\n{server.log()}")
+        job = wait_status(server, admin, job_id, FINISHED, timeout=900)
         live = manifest["file"]
         if job["status"] == "succeeded":
             live = f"{job['model_version']}.keras"

@@ -255,6 +255,9 @@ def wait_until(condition, timeout, what):
     raise AssertionError(f"not {what} within {timeout}s")
 
 
+FINISHED = ("succeeded", "rejected", "failed")  # a retrain job's end states
+
+
 def wait_status(server, admin, job_id, statuses, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

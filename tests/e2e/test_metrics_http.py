@@ -8,7 +8,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import FRESH, LOOP_ENV, ask_every_worker, feed, mnist_png, wait_status
+from support import FINISHED, FRESH, LOOP_ENV, ask_every_worker, feed, mnist_png, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,7 @@ def test_one_scrape_counts_every_worker_and_follows_a_hot_swap(live_server, tiny
     assert total(samples, "digit_feedback_error_rate", model_version="tiny-1") == 0.5
 
     job_id = requests.post(server.url + "/admin/retrain", headers=admin, json={}, timeout=30).json()["job_id"]
-    job = wait_status(server, admin, job_id, {"succeeded", "rejected", "failed"})
+    job = wait_status(server, admin, job_id, FINISHED)
     assert job["status"] == "succeeded", job
     deadline = time.monotonic() + 60
     while sorted(served(samples := scrape(server)).values()) != [job["model_version"]] * 2:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 
-from support import BIN, LOOP_ENV, REDIS_SKIP_REASON, ROOT, feed, wait_status
+from support import BIN, FINISHED, LOOP_ENV, REDIS_SKIP_REASON, ROOT, feed, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def test_retrain_runs_on_an_rq_worker_and_every_worker_swaps(live_server, tiny_m
     worker = subprocess.run([str(BIN / "rq"), "worker", queue, "--url", redis_url, "--burst"],
                             cwd=ROOT, env={**server.env}, capture_output=True, text=True, timeout=600)
     assert worker.returncode == 0, worker.stderr[-3000:]
-    job = wait_status(server, admin, job_id, {"succeeded", "rejected", "failed"}, timeout=60)
+    job = wait_status(server, admin, job_id, FINISHED, timeout=60)
     assert job["status"] == "succeeded", job
     served = None
     for _ in range(50):

@@ -17,7 +17,8 @@ from collections import Counter
 import pytest
 import requests
 
-from support import BIN, FRESH, LOOP_ENV, ROOT, OwnRedis, ask_every_worker, feed, mnist_png, wait_status, wait_until
+from support import (BIN, FINISHED, FRESH, LOOP_ENV, ROOT, OwnRedis, ask_every_worker, feed, mnist_png, wait_status,
+                     wait_until)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -160,7 +161,7 @@ def test_soak_predictions_and_feedback_during_two_retrains_and_a_rollback(
                 response = requests.post(server.url + "/admin/retrain", headers=admin, json={"force": True},
                                          timeout=60)
                 assert response.status_code == 202, response.text
-                job = wait_status(server, admin, response.json()["job_id"], {"succeeded", "rejected", "failed"},
+                job = wait_status(server, admin, response.json()["job_id"], FINISHED,
                                   timeout=600)
                 assert job["status"] == "succeeded", job
                 version = job["model_version"]
