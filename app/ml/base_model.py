@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from app.ml.artifacts import save_model_atomic
-from app.ml.datasets import load_mnist, stratified_sample
+from app.ml.datasets import REPLAY_FILE, load_mnist, stratified_sample
 from app.ml.evaluation import report
 
 REPLAY_SIZE = 2000
@@ -81,7 +81,7 @@ def ship(model, out_dir, *, x_train, y_train, x_holdout, y_holdout, metrics, ver
     out.mkdir(parents=True, exist_ok=True)
     saved = save_model_atomic(model, str(out), "base.keras")
     x_replay, y_replay = replay_sample(x_train, y_train, seed=seed)
-    write_replay_atomic(out / "replay.npz", x_replay, y_replay, x_holdout, y_holdout)
+    write_replay_atomic(out / REPLAY_FILE, x_replay, y_replay, x_holdout, y_holdout)
     manifest = {
         "version": version,
         "file": "base.keras",
@@ -94,7 +94,7 @@ def ship(model, out_dir, *, x_train, y_train, x_holdout, y_holdout, metrics, ver
         "epochs": epochs,
         "seed": seed,
         "metrics": metrics,
-        "replay": {"file": "replay.npz", "digits": int(len(y_replay)), "gate_holdout_digits": int(len(y_holdout))},
+        "replay": {"file": REPLAY_FILE, "digits": int(len(y_replay)), "gate_holdout_digits": int(len(y_holdout))},
     }
     write_json_atomic(out / "manifest.json", manifest)
     # Fitted on the served export and the gate's hold-out, exactly as `python -m

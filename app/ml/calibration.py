@@ -154,12 +154,12 @@ def calibrate(probs, y, bins=ECE_BINS) -> dict:
 
 def shipped_holdout(model_dir):
     """The shipped model folder's gate hold-out digits (float images, labels)."""
-    from app.ml.datasets import as_float_images
+    from app.ml.datasets import as_float_images, load_replay
 
-    with np.load(Path(model_dir) / "replay.npz") as replay:
-        if "x_holdout" not in replay.files:
-            raise ValueError(f"{model_dir}/replay.npz has no hold-out digits (x_holdout, y_holdout) to calibrate on")
-        return as_float_images(replay["x_holdout"]), np.asarray(replay["y_holdout"], dtype=np.int64)
+    holdout = load_replay(model_dir)[2]
+    if holdout is None:
+        raise ValueError(f"{model_dir}/replay.npz has no hold-out digits (x_holdout, y_holdout) to calibrate on")
+    return as_float_images(holdout[0]), np.asarray(holdout[1], dtype=np.int64)
 
 
 def calibrate_shipped(model_dir) -> dict:

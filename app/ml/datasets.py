@@ -48,6 +48,21 @@ def stratified_sample(y, per_class, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
 
+# --------------------------------------------------------------------------- the model folder
+
+REPLAY_FILE = "replay.npz"
+
+
+def load_replay(model_dir):
+    """The model folder's ``replay.npz`` as ``(x, y, holdout)``: the replay digits retraining
+    mixes with feedback, and ``(x_holdout, y_holdout)``, digits no model trained on (the
+    gate's forgetting check, calibration, the drift reference), or None in folders shipped
+    before they existed. Pixels stay uint8."""
+    with np.load(Path(model_dir) / REPLAY_FILE) as replay:
+        holdout = (replay["x_holdout"], replay["y_holdout"]) if "x_holdout" in replay.files else None
+        return replay["x"], replay["y"], holdout
+
+
 # --------------------------------------------------------------------------- MNIST arrays
 
 

@@ -1,7 +1,6 @@
 """How the live model is doing on real traffic: drift of recent predictions, and each
 version's error rate as its users' labels tell it (``GET /admin/stats`` and ``/metrics``)."""
 
-import os
 import threading
 
 import numpy as np
@@ -11,7 +10,7 @@ from sqlalchemy import func
 from app.entities import Feedback, Prediction
 from app.extensions import db
 from app.ml import drift
-from app.ml.datasets import as_float_images
+from app.ml.datasets import as_float_images, load_replay
 from app.services import feedback as feedback_service
 
 # Reference distributions per served version: the live model's own predictions on the
@@ -30,11 +29,10 @@ def _reference(model_dir):
     key = (model_dir, version, service.current_temperature)
     with _references_lock:
         if key not in _references:
-            with np.load(os.path.join(model_dir, "replay.npz")) as replay:
-                if "x_holdout" not in replay.files:
-                    return None
-                held_out = as_float_images(replay["x_holdout"])
-            probabilities, served = service.predict(held_out)
+            holdout = load_replay(model_dir)[2]
+            if holdout is None:
+                return None
+            probabilities, served = service.predict(as_float_images(holdout[0]))
             if served != version:  # swapped meanwhile: the next call computes the new one
                 return None
             _references[key] = (version, drift.digit_counts(probabilities.argmax(1)), probabilities.max(1))

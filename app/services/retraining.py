@@ -209,15 +209,11 @@ def load_training_data():
     """Feedback rows re-read from the stored originals with today's preprocessing
     (``app.services.trust.FeedbackSet``: every row not rejected, with its account and status),
     plus the replay digits and the MNIST hold-out shipped beside the models."""
-    import numpy as np
-
+    from app.ml.datasets import load_replay
     from app.services import trust
 
     feedback = trust.load_feedback()
-    with np.load(os.path.join(current_app.config["MODEL_DIR"], "replay.npz")) as replay:
-        x_replay, y_replay = replay["x"], replay["y"]
-        # Digits no model trained on, for the gate's forgetting check (older folders lack them).
-        holdout = (replay["x_holdout"], replay["y_holdout"]) if "x_holdout" in replay.files else None
+    x_replay, y_replay, holdout = load_replay(current_app.config["MODEL_DIR"])
     return feedback, x_replay, y_replay, holdout
 
 
