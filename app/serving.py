@@ -65,14 +65,8 @@ class ModelService:
         return live is not None and live.version == row.version and live.temperature == row.temperature
 
     def _load(self, row):
-        from app.ml.onnx_model import OnnxModel
-
-        if row.onnx_sha256 is None:
-            raise RuntimeError(f"model version {row.version!r} has no ONNX export yet "
-                               "(a worker start or `flask model export-onnx` makes it)")
-        path = model_versions.onnx_path(row)
-        return OnnxModel.from_file(row.version, path, row.onnx_sha256, threads=self.app.config["INFERENCE_THREADS"],
-                                   temperature=row.temperature)
+        return model_versions.load_onnx(row, threads=self.app.config["INFERENCE_THREADS"],
+                                        temperature=row.temperature)
 
     def _signature(self, row):
         """What must change before a refused file is tried again: the row's hash or the file."""

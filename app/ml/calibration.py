@@ -162,6 +162,13 @@ def shipped_holdout(model_dir):
     return as_float_images(holdout[0]), np.asarray(holdout[1], dtype=np.int64)
 
 
+def calibrate_on_holdout(model, model_dir) -> dict:
+    """Fit ``model``'s (an ``OnnxModel``) temperature on the model folder's gate hold-out,
+    from the graph's own probabilities whatever temperature it is served with now."""
+    x, y = shipped_holdout(model_dir)
+    return {**calibrate(model.raw_predict(x), y), "fitted_on": "replay.npz gate hold-out"}
+
+
 def calibrate_shipped(model_dir) -> dict:
     """Fit the shipped model's temperature on its gate hold-out; write it into ``manifest.json``.
 
@@ -177,9 +184,7 @@ def calibrate_shipped(model_dir) -> dict:
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     model = OnnxModel.from_file(manifest["version"], model_dir / manifest["onnx_file"], manifest["onnx_sha256"])
-    x, y = shipped_holdout(model_dir)
-    fit = calibrate(model.predict(x), y)
-    fit["fitted_on"] = "replay.npz gate hold-out"
+    fit = calibrate_on_holdout(model, model_dir)
     manifest["temperature"] = fit["temperature"]
     manifest.setdefault("metrics", {})["calibration"] = fit
     write_json_atomic(model_dir / "manifest.json", manifest)

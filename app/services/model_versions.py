@@ -28,6 +28,18 @@ def onnx_path(row):
     return onnx_path_for(resolve_path(current_app.config["MODEL_DIR"], row.file_path))
 
 
+def load_onnx(row, **options):
+    """The version's ONNX export, hash checked against the row, as serving loads it
+    (``options`` go to ``OnnxModel.from_file``). A version saved before exports existed has
+    none until it is exported: 409."""
+    from app.ml.onnx_model import OnnxModel
+
+    if row.onnx_sha256 is None:
+        raise Conflict(f"model version {row.version!r} has no ONNX export yet "
+                       "(a worker start or `flask model export-onnx` makes it)", code="model_file_missing")
+    return OnnxModel.from_file(row.version, onnx_path(row), row.onnx_sha256, **options)
+
+
 def sweep_stale_temp_files(model_dir, older_than_seconds=3600):
     """Remove temporary model files left by a process killed mid-save; returns how many.
 
@@ -206,16 +218,12 @@ def evaluate_version(data_dir, *, version=None):
     """Accuracy of a version (default: active) on labelled data, through the API's preprocessing."""
     from app.ml.datasets import load_labelled
     from app.ml.evaluation import accuracy
-    from app.ml.onnx_model import OnnxModel
 
     row = get_version(version) if version else ensure_active_version()
     if row is None:
         raise NotFound("no model version to evaluate", code="model_version_not_found")
-    if row.onnx_sha256 is None:
-        raise Conflict(f"model version {row.version!r} has no ONNX export yet (run `flask model export-onnx`)",
-                       code="model_file_missing")
+    loaded = load_onnx(row)  # the file serving loads
     x, y = load_labelled(data_dir, for_evaluation=True)
-    loaded = OnnxModel.from_file(row.version, onnx_path(row), row.onnx_sha256)  # the file serving loads
     return {"accuracy": accuracy(loaded.predict, x, y), "n": int(len(y)), "model_version": row.version}
 
 
@@ -227,8 +235,7 @@ def calibrate_version(version=None, *, clear=False):
     it. Fitted on the replay hold-out digits in MODEL_DIR, as a retrain fits its candidate,
     through the ONNX export that serving loads.
     """
-    from app.ml.calibration import calibrate, shipped_holdout
-    from app.ml.onnx_model import OnnxModel
+    from app.ml.calibration import calibrate_on_holdout
 
     row = get_version(version) if version else ensure_active_version()
     if row is None:
@@ -237,12 +244,7 @@ def calibrate_version(version=None, *, clear=False):
         row.temperature = None
         db.session.commit()
         return None
-    if row.onnx_sha256 is None:
-        raise Conflict(f"model version {row.version!r} has no ONNX export yet (run `flask model export-onnx`)",
-                       code="model_file_missing")
-    x, y = shipped_holdout(current_app.config["MODEL_DIR"])
-    model = OnnxModel.from_file(row.version, onnx_path(row), row.onnx_sha256, warm=False)
-    fit = {**calibrate(model.raw_predict(x), y), "fitted_on": "replay.npz gate hold-out"}
+    fit = calibrate_on_holdout(load_onnx(row, warm=False), current_app.config["MODEL_DIR"])
     row.temperature = fit["temperature"]
     row.metrics = {**(row.metrics or {}), "calibration": fit}
     db.session.commit()
