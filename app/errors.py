@@ -139,12 +139,12 @@ DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 
 def _database_unavailable(exc):
     log.error("database unavailable: %s", getattr(exc, "orig", None) or exc)
-    _rollback_quietly()
+    rollback_quietly()
     return error_response(503, "the database is unavailable; try again shortly",
                           code="database_unavailable", headers={"Retry-After": "5"})
 
 
-def _rollback_quietly():
+def rollback_quietly():
     """Roll the session back; with the database gone that may fail too, which changes nothing."""
     try:
         db.session.rollback()
@@ -155,7 +155,7 @@ def _rollback_quietly():
 def _unexpected(exc):
     """Anything unhandled: log it, roll back, and say nothing about internals."""
     log.exception("unhandled error")
-    _rollback_quietly()
+    rollback_quietly()
     return error_response(500, "internal server error", code="internal_error")
 
 

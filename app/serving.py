@@ -24,7 +24,7 @@ import os
 import threading
 import time
 
-from app.errors import ServiceUnavailable
+from app.errors import ServiceUnavailable, rollback_quietly
 from app.extensions import db
 from app.metrics import observe_model_swap
 from app.services import model_versions
@@ -145,10 +145,7 @@ class ModelService:
             except Exception as exc:  # a broken file or database must not crash the worker
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("could not load the active model")
-                try:
-                    db.session.rollback()
-                except Exception:  # noqa: BLE001 - the database is gone: nothing to undo
-                    pass
+                rollback_quietly()
                 if not quiet:
                     raise ServiceUnavailable("no model is loaded yet", code="model_unavailable") from None
         return self.current_version
@@ -190,10 +187,7 @@ class ModelService:
                         log.warning("model sync works again; serving %s", self.current_version)
                     self._sync_failing = False
                 except Exception:
-                    try:
-                        db.session.rollback()
-                    except Exception:  # noqa: BLE001 - the database is gone: nothing to undo
-                        pass
+                    rollback_quietly()
                     # Once per outage, not once a second (the database may be down for a while).
                     if not self._sync_failing:
                         log.exception("model sync failed; still serving %s", self.current_version)
