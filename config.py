@@ -84,9 +84,10 @@ class Config:
     MODEL_WATCH = env_bool("MODEL_WATCH", True)
     # Load and warm the model when a process starts rather than at its first prediction.
     MODEL_PRELOAD = env_bool("MODEL_PRELOAD", True)
-    # Threads one batched inference call may use (0 = ONNX Runtime decides: one per core);
-    # fewer than 8 images always run on the calling thread alone. With several gunicorn
-    # workers on few cores, 1-2 per worker avoids oversubscription.
+    # Threads one batch may use, for its preprocessing and its inference call (0: one per
+    # core); a single image, and an inference of fewer than 8, run on the calling thread
+    # alone. With several gunicorn workers on few cores, 1-2 per worker avoids
+    # oversubscription.
     INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)
     # TensorFlow's thread pools in processes that train (retrain jobs, CLI training,
     # ONNX exports); serving never starts TensorFlow.

@@ -5,8 +5,9 @@ small thread pool, or in spawned helper processes? Side by side, interleaved.
                                         [--against old_preprocessing.py]
 
 * serial: `preprocess_many` in the calling thread;
-* threads: a ThreadPoolExecutor of ``--workers`` threads, the batch split into one
-  contiguous chunk per thread (Pillow's decoders and OpenCV release the GIL);
+* threads: ``preprocess_many(items, threads=--workers)``, as the batch endpoint runs it:
+  one contiguous run per thread, the caller taking the first (Pillow's decoders and
+  OpenCV release the GIL);
 * processes: ``--workers`` spawned processes, one chunk each, as app/ml/parallel.py did
   before it was removed (the pickling of bytes in and arrays out included);
 * with ``--against``: another copy of app/ml/preprocessing.py (loaded as
@@ -29,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -89,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     x_test, _ = load_mnist_test()
     batches = [make_uploads(x_test[i * args.batch : (i + 1) * args.batch], seed=i) for i in range(args.batches)]
 
-    threads = ThreadPoolExecutor(args.workers)
     processes = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
     modes = {
         "serial": preprocess_many,
-        f"threads ({args.workers})": lambda items: in_chunks(threads, items, args.workers),
+        f"threads ({args.workers})": partial(preprocess_many, threads=args.workers),
         f"processes ({args.workers})": lambda items: in_chunks(processes, items, args.workers),
     }
     if args.against:
@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                 modes[name](items)
                 seconds[name].append(time.perf_counter() - started)
                 cpu[name] += cpu_seconds(helpers) - cpu_started
-    threads.shutdown()
     processes.shutdown()
 
     reference = statistics.median(seconds[f"processes ({args.workers})"])

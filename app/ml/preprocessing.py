@@ -24,8 +24,10 @@ Refusals are `ImageRejected` subclasses with a stable `code`.
 from __future__ import annotations
 
 import io
+import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -392,17 +394,48 @@ def preprocess(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return _digit(*_ink_signal(luma, alpha))
 
 
-def preprocess_many(items: list[bytes], *, start: int = 0, **kw) -> np.ndarray:
+def preprocess_many(items: list[bytes], *, start: int = 0, threads: int = 1, **kw) -> np.ndarray:
     """A batch of uploads -> (n, 28, 28) float32; keyword args as `preprocess`.
 
-    The first refused item's ImageRejected is re-raised with `exc.index` set to its
-    position in the whole batch (`start` + its position in `items`).
+    With `threads` > 1 the batch is split into that many contiguous runs, the calling
+    thread taking the first: Pillow's decoders and OpenCV's calls release the GIL, so the
+    runs overlap on several cores. The first refused item's ImageRejected is re-raised
+    with `exc.index` set to its position in the whole batch (`start` + its position in
+    `items`), whichever run found it first.
     """
     out = np.zeros((len(items), _OUT, _OUT), dtype=np.float32)
-    for i, item in enumerate(items):
-        try:
-            out[i] = preprocess(item, **kw)
-        except ImageRejected as exc:
-            exc.index = start + i
-            raise
+
+    def run(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            try:
+                out[i] = preprocess(items[i], **kw)
+            except ImageRejected as exc:
+                exc.index = start + i
+                raise
+
+    runs = max(1, min(int(threads), len(items)))
+    bounds = [len(items) * k // runs for k in range(runs + 1)]
+    others = [_pool(runs - 1).submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    try:
+        run(bounds[0], bounds[1])
+    finally:
+        # Every run finishes before the batch is answered (the runs write into `out`);
+        # an earlier run's refusal wins, as if the batch had been read in order.
+        for future in others:
+            future.exception()
+    for future in others:
+        future.result()
     return out
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    """This process's pool of `size` threads, made on first use (never inherited by a fork)."""
+    key = (os.getpid(), size)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="preprocess")
+        return _POOLS[key]

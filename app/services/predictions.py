@@ -1,6 +1,7 @@
 """Predictions: preprocess uploads, run one batched inference, store what was asked and answered."""
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 from flask import current_app
@@ -60,10 +61,12 @@ def preprocess_uploads(uploads):
     # Here: building the app must not load the ML stack.
     from app.ml.preprocessing import ImageRejected, preprocess_many
 
-    # In the request thread: helper processes made batches only a little faster and cost
-    # each worker far more memory (README, "Measured").
+    # A batch takes as many threads as its inference may (one per core by default);
+    # threads, not helper processes, which cost each worker far more memory.
+    threads = current_app.config["INFERENCE_THREADS"] or os.cpu_count() or 1
     try:
-        return preprocess_many([upload.data for upload in uploads], max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+        return preprocess_many([upload.data for upload in uploads], threads=threads,
+                               max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
     except ImageRejected as exc:
         if len(uploads) == 1:
             raise

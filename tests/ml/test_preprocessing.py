@@ -485,3 +485,32 @@ def test_threads_preprocessing_at_once_get_the_serial_results():
         for _ in range(3):
             got = list(pool.map(preprocess, items))
             assert np.array_equal(np.stack(got), expected)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 64])
+def test_a_batch_split_over_threads_gets_the_serial_results_and_refusal(threads):
+    items, _ = load_fixtures()
+    assert np.array_equal(preprocess_many(items, threads=threads), preprocess_many(items))
+    blank, garbage = encode(np.zeros((20, 20), np.uint8)), b"not an image"
+    # Refusals in several runs: the one earliest in the batch is the one reported, as if
+    # the batch had been read in order, wherever the runs' boundaries fall.
+    for bad in ([3, 40], [40, 3], [0, 49], [25, 26]):
+        batch = list(items)
+        batch[bad[0]], batch[bad[1]] = blank, garbage
+        with pytest.raises(ImageRejected) as info:
+            preprocess_many(batch, threads=threads, start=100)
+        first = min(bad)
+        assert info.value.index == 100 + first
+        assert info.value.code == ("no_digit_found" if batch[first] is blank else "not_an_image")
+
+
+def test_a_batch_split_over_threads_runs_on_the_pool(monkeypatch):
+    import threading
+
+    seen = []
+    real = pp.preprocess
+    monkeypatch.setattr(pp, "preprocess", lambda data, **kw: seen.append(threading.current_thread().name) or real(data, **kw))
+    items, _ = load_fixtures()
+    preprocess_many(items[:8], threads=2)
+    assert seen.count(threading.current_thread().name) == 4  # the caller takes the first run
+    assert sum(name.startswith("preprocess") for name in seen) == 4
