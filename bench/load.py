@@ -450,6 +450,10 @@ def run_cells(args, rows, servers, service, driver, results):
             results["cells"][(row, users)] = cell
             print(f" {cell['rps']:8.1f} req/s  p50 {cell['p50']:7.2f} ms  p99 {cell['p99']:7.2f} ms"
                   f"  failures {cell['failures']}")
+        if users == 1 and {"v2", "health"} <= set(rows):
+            print(f"  v2, /health in turns     1 user,  {args.seconds}s ...", end="", flush=True)
+            results["alternating"] = driver.run(service.url, ["V2ThenHealth"], 1, args.seconds, token())
+            print(f" p50 {results['alternating']['v2']['p50']:.2f} / {results['alternating']['health']['p50']:.2f} ms")
         if users == mixed_users and {"v2", "health"} <= set(rows):
             print(f"  v2 + /health at once   {users:>3} users, {args.seconds}s ...", end="", flush=True)
             results["mixed"] = driver.run(service.url, ["V2Predict", "Health"], users, args.seconds, token())
@@ -590,6 +594,12 @@ def report(args, results, started_at):
     lines.append("| v2 p50 / /health p50, separate cells | "
                  + " | ".join(xfmt(ratio(p50("v2", c), p50("health", c))) for c in conc)
                  + " | ≤ 3.5x at c=1 (one request at a time) |")
+    alternating = results.get("alternating")
+    if alternating:
+        lines.append(f"| v2 p50 / /health p50, one client sending them in turns | "
+                     f"{xfmt(ratio(alternating['v2']['p50'], alternating['health']['p50']))} "
+                     f"({fmt(alternating['v2']['p50'], 2)} / {fmt(alternating['health']['p50'], 2)} ms) |"
+                     + " |" * (len(conc) - 1) + " ≤ 3.5x (one request at a time) |")
     mixed = results["mixed"]
     if mixed:
         lines += ["", f"Under load (v2 and /health driven at the same time, {mixed['users']} users in all, as `bench/http_bench.py` "

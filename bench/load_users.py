@@ -75,6 +75,15 @@ class V2Predict(_Client):
         self.post_upload("/api/v2/predict", "v2", auth=True)
 
 
+class V2ThenHealth(_Client):
+    """v2 predict, then /health, in turns: one request at a time, the two side by side."""
+
+    @task
+    def predict_then_health(self):
+        self.post_upload("/api/v2/predict", "v2", auth=True)
+        self.client.get("/health", name="health")
+
+
 class V2Batch(_Client):
     @task
     def predict_batch(self):
