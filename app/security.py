@@ -70,11 +70,3 @@ def init_app(app):
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
         return error_response(401, "token has been revoked", code="token_revoked")
-
-    @jwt.needs_fresh_token_loader
-    def _not_fresh(_header, _payload):
-        return error_response(401, "fresh token required", code="fresh_token_required")
-
-    @jwt.user_lookup_error_loader
-    def _no_user(_header, _payload):
-        return error_response(401, "user no longer exists", code="invalid_token")
