@@ -3,7 +3,7 @@
 from flask import request
 from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
 
-from app.api import Blueprint
+from app.api import BEARER, Blueprint
 from app.api.uploads import upload_endpoint, read_multipart_file
 from app.errors import ApiError, ValidationFailed
 from app.schemas import ErrorSchema, FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
@@ -34,7 +34,7 @@ FEEDBACK_BODY = {
 @bp.response(201, FeedbackSchema)
 @bp.alt_response(409, schema=ErrorSchema, description="feedback_reviewed: an admin has reviewed this label")
 @upload_endpoint(bp)
-@bp.doc(security=[{"bearerAuth": []}], requestBody=FEEDBACK_BODY)
+@bp.doc(security=BEARER, requestBody=FEEDBACK_BODY)
 def give():
     """Tell the service the true digit: JSON ``{prediction_id, label}`` or multipart ``file`` + ``label``.
 
@@ -68,7 +68,7 @@ def _json_body():
 @jwt_required()
 @bp.arguments(PageQuerySchema, location="query")
 @bp.response(200, FeedbackPageSchema)
-@bp.doc(security=[{"bearerAuth": []}])
+@bp.doc(security=BEARER)
 def list_own(query):
     """The caller's own feedback, newest first (``?page=&per_page=``)."""
     return feedback_service.list_own(int(get_jwt_identity()), query["page"], query["per_page"])

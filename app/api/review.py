@@ -3,8 +3,7 @@
 from flask import current_app
 from flask_jwt_extended import get_jwt_identity
 
-from app.api import Blueprint
-from app.extensions import limiter
+from app.api import BEARER, Blueprint, limit_from_setting
 from app.schemas import (
     MAX_ID,
     AdminLabelSchema,
@@ -24,7 +23,6 @@ bp = Blueprint("review", __name__, url_prefix="/admin",
                description="Review queue (admin role): quarantined feedback and the live model's least confident "
                            "unlabelled predictions; admins' labels are trusted")
 
-ADMIN = [{"bearerAuth": []}]
 # Documented on every endpoint here: the token failures and the role check.
 ACCESS_ERRORS = {401: "no token, or an expired, revoked or invalid one", 403: "the token is not an admin's"}
 
@@ -35,7 +33,7 @@ def documented(*statuses_and_descriptions):
     def decorate(view):
         for status, description in [*ACCESS_ERRORS.items(), *statuses_and_descriptions]:
             view = bp.alt_response(status, schema=ErrorSchema, description=description)(view)
-        return bp.doc(security=ADMIN)(view)
+        return bp.doc(security=BEARER)(view)
 
     return decorate
 
@@ -88,7 +86,7 @@ IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"
 
 
 @bp.get("/images/<string(length=64):sha256>")
-@limiter.limit(lambda: current_app.config["RATELIMIT_ADMIN_IMAGES"])
+@limit_from_setting("RATELIMIT_ADMIN_IMAGES")
 @role_required("admin")
 @bp.doc(
     # The route takes any 64 characters; the digest is lowercase hex (422 otherwise).
