@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.errors import Forbidden, Unauthorized
+
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 # Resolve 1-100 ms (a predict is a few ms, a batch tens), and the slow tail above.
@@ -132,21 +134,22 @@ class DatabaseCollector:
         yield held
 
 
-def scrape_refusal():
-    """None if this request may scrape, else (status, message): a configured token is required
-    from everyone (401 without it); without one, loopback only, and never in production (403)."""
+def check_scraper():
+    """Refuse a request that may not scrape: a configured token is required from everyone
+    (401 without it); without one, loopback only, and never in production (403)."""
     token = current_app.config["METRICS_TOKEN"]
     if token:
-        if hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
-            return None
-        return 401, "send the METRICS_TOKEN as a bearer token"
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("send the METRICS_TOKEN as a bearer token")
+        return
     if current_app.config["APP_ENV"] == "production":
-        return 403, "set METRICS_TOKEN to scrape /metrics in production"
+        raise Forbidden("set METRICS_TOKEN to scrape /metrics in production")
     try:
         loopback = ipaddress.ip_address(request.remote_addr or "").is_loopback
     except ValueError:
         loopback = False
-    return None if loopback else (403, "without a METRICS_TOKEN only loopback may scrape /metrics")
+    if not loopback:
+        raise Forbidden("without a METRICS_TOKEN only loopback may scrape /metrics")
 
 
 def scrape():

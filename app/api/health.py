@@ -4,7 +4,7 @@ from flask import current_app
 
 from app import metrics
 from app.api import Blueprint
-from app.errors import error_response
+from app.errors import NotFound
 from app.extensions import db, limiter
 from app.schemas import ErrorSchema, HealthSchema, ReadySchema
 
@@ -62,11 +62,8 @@ def ready():
 def scrape():
     """Prometheus metrics: requests, predictions, feedback, retrains, model swaps, drift."""
     if not current_app.config["METRICS_ENABLED"]:
-        return error_response(404, "metrics are turned off (METRICS_ENABLED=false)", code="not_found")
-    refusal = metrics.scrape_refusal()
-    if refusal:
-        status, message = refusal
-        return error_response(status, message, code="unauthorized" if status == 401 else "forbidden")
+        raise NotFound("metrics are turned off (METRICS_ENABLED=false)")
+    metrics.check_scraper()
     body, content_type = metrics.scrape()
     return current_app.response_class(body, mimetype=content_type.split(";")[0],
                                       headers={"Content-Type": content_type})
