@@ -49,10 +49,10 @@ def configure_database_uri(app):
         path = os.path.join(app.instance_path, "digit_service.sqlite3")
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    if uri.startswith("postgres://"):  # the scheme Heroku-style URLs use; SQLAlchemy wants postgresql
-        uri = "postgresql://" + uri[len("postgres://"):]
-    if uri.startswith("postgresql://"):
-        uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
+    # postgres:// is the scheme Heroku-style URLs use; the driver is psycopg 3 either way.
+    for scheme in ("postgres://", "postgresql://"):
+        if uri.startswith(scheme):
+            uri = "postgresql+psycopg://" + uri[len(scheme):]
     app.config["SQLALCHEMY_DATABASE_URI"] = uri
     if uri.startswith("postgresql"):
         # An unreachable server must fail fast (503), not hold a request for minutes.

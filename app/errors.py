@@ -71,8 +71,7 @@ def error_response(status, message=None, code=None, details=None, headers=None):
         body["error"]["details"] = details
     response = jsonify(body)
     response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
+    response.headers.update(headers or {})
     return response
 
 
