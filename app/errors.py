@@ -77,25 +77,18 @@ def error_response(status, message=None, code=None, details=None, headers=None):
 
 def _http_exception(exc):
     """Werkzeug errors (404, 405, 413, smorest's 422...) rendered as JSON."""
-    details = None
-    message = exc.description
-    code = None
-    data = getattr(exc, "data", None) or {}
-    # webargs/flask-smorest put field errors in exc.data["messages"].
-    if exc.code == 422 and data.get("messages"):
-        details = _flatten_locations(data["messages"])
-        message = "request validation failed"
-        code = "validation_error"
-    elif exc.code == 400 and data.get("messages"):
-        details = _flatten_locations(data["messages"])
-    if exc.code == 413:
-        message = "request body too large"
     if exc.code == 429:
         return _rate_limited(exc)
-    headers = {}
+    message = "request body too large" if exc.code == 413 else exc.description
+    code = details = headers = None
+    # webargs/flask-smorest put field errors in exc.data["messages"].
+    messages = (getattr(exc, "data", None) or {}).get("messages")
+    if messages and exc.code in (400, 422):
+        details = _flatten_locations(messages)
+    if messages and exc.code == 422:
+        message, code = "request validation failed", "validation_error"
     if exc.code == 405 and exc.response is None:
-        allowed = exc.get_headers()
-        headers = {k: v for k, v in allowed if k == "Allow"}
+        headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
     return error_response(exc.code or 500, message, code=code, details=details, headers=headers)
 
 
