@@ -4,7 +4,7 @@ from flask import current_app
 
 from app import metrics
 from app.api import Blueprint
-from app.errors import NotFound
+from app.errors import NotFound, rollback_quietly
 from app.extensions import db, limiter
 from app.schemas import ErrorSchema, HealthSchema, ReadySchema
 
@@ -33,15 +33,14 @@ def ready():
         db.session.execute(db.text("SELECT 1"))
         database = "ok"
     except Exception:
-        db.session.rollback()
+        rollback_quietly()
         database = "unavailable"
-    serving = current_app.extensions.get("model_service")
-    version = serving.ensure_loaded(quiet=True) if serving else None
+    serving = current_app.extensions["model_service"]
+    version = serving.ensure_loaded(quiet=True)
     ok = database == "ok" and version is not None
     body = {"status": "ready" if ok else "not_ready", "database": database, "model_version": version,
             # Serving a fallback (the active version's file would not load) or nothing: why.
-            "active_version": serving.active_version if serving else None,
-            "model_error": serving.last_error if serving and serving.last_error else None}
+            "active_version": serving.active_version, "model_error": serving.last_error}
     return body, 200 if ok else 503
 
 
