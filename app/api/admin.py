@@ -1,7 +1,6 @@
 """Admin: model versions, feedback statistics and retraining."""
 
 from flask import current_app, url_for
-from flask_jwt_extended import get_jwt_identity
 
 from app.api import BEARER, Blueprint
 from app.schemas import (
@@ -15,7 +14,7 @@ from app.schemas import (
     StatsSchema,
     link_to,
 )
-from app.security import role_required
+from app.security import caller_id, role_required
 from app.services import feedback as feedback_service
 from app.services import model_versions, monitoring, retraining
 
@@ -99,7 +98,7 @@ def stats():
     JOB_STATUS, "get", parameters={"job_id": "$response.body#/job_id"}, description="poll the job")}}})
 def start_retrain(data):
     """Start retraining on stored feedback in the background; poll ``status_url``."""
-    job = retraining.start_retrain(requested_by=int(get_jwt_identity()), force=(data or {}).get("force", False))
+    job = retraining.start_retrain(requested_by=caller_id(), force=(data or {}).get("force", False))
     status_url = url_for("admin.retrain_status", job_id=job.id)
     return {"job_id": job.id, "status": job.status, "status_url": status_url}, 202, {"Location": status_url}
 

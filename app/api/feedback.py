@@ -1,12 +1,13 @@
 """Feedback from users: the true label of a prediction, or a labelled upload."""
 
 from flask import request
-from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
+from flask_jwt_extended import get_jwt, jwt_required
 
 from app.api import BEARER, Blueprint
 from app.api.uploads import upload_endpoint, read_multipart_file
 from app.errors import ApiError, ValidationFailed
 from app.schemas import ErrorSchema, FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
+from app.security import caller_id
 from app.services import feedback as feedback_service
 
 bp = Blueprint("feedback", __name__, url_prefix="/api/v2", description="Feedback on predictions")
@@ -41,7 +42,7 @@ def give():
     Giving feedback on the same prediction again replaces its label, unless an admin has
     reviewed it (409).
     """
-    user_id = int(get_jwt_identity())
+    user_id = caller_id()
     if request.mimetype.startswith("multipart/form-data"):
         upload = read_multipart_file()
         feedback = feedback_service.give_labelled_sample(upload, LabelFormSchema().load({"label": request.form.get("label")})["label"], user_id=user_id)
@@ -71,4 +72,4 @@ def _json_body():
 @bp.doc(security=BEARER)
 def list_own(query):
     """The caller's own feedback, newest first (``?page=&per_page=``)."""
-    return feedback_service.list_own(int(get_jwt_identity()), query["page"], query["per_page"])
+    return feedback_service.list_own(caller_id(), query["page"], query["per_page"])

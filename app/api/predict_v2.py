@@ -1,7 +1,7 @@
 """Version 2 of predict: probabilities, model version and a prediction id for feedback."""
 
 from flask import current_app
-from flask_jwt_extended import get_jwt_identity, jwt_required
+from flask_jwt_extended import jwt_required
 
 from app.api import BEARER, Blueprint, limit_from_setting
 from app.api.uploads import (
@@ -12,6 +12,7 @@ from app.api.uploads import (
     read_single_upload,
 )
 from app.schemas import BatchPredictionSchema, PageQuerySchema, PredictionPageSchema, PredictionV2Schema, link_to
+from app.security import caller_id
 from app.services import predictions as prediction_service
 from app.services.predictions import predict_uploads
 
@@ -44,7 +45,7 @@ def v2_body(row):
 def predict():
     """Predict one image: multipart ``file`` or JSON ``{"image": "<base64>"}``."""
     [row], _version = predict_uploads(
-        [read_single_upload(allow_base64=True)], user_id=int(get_jwt_identity()), api_version="v2"
+        [read_single_upload(allow_base64=True)], user_id=caller_id(), api_version="v2"
     )
     return v2_body(row)
 
@@ -59,7 +60,7 @@ def predict():
 def predict_batch():
     """Predict up to ``BATCH_MAX_FILES`` (64) images in one inference; results keep the order sent."""
     uploads = read_many_uploads(limit=current_app.config["BATCH_MAX_FILES"])
-    rows, version = predict_uploads(uploads, user_id=int(get_jwt_identity()), api_version="v2")
+    rows, version = predict_uploads(uploads, user_id=caller_id(), api_version="v2")
     return {"predictions": [v2_body(row) for row in rows], "model_version": version}
 
 
@@ -70,4 +71,4 @@ def predict_batch():
 @bp.doc(security=BEARER)
 def list_own(query):
     """The caller's own predictions, newest first, with the label given to each (``?page=&per_page=``)."""
-    return prediction_service.list_own(int(get_jwt_identity()), query["page"], query["per_page"])
+    return prediction_service.list_own(caller_id(), query["page"], query["per_page"])
