@@ -85,13 +85,12 @@ class UserSchema(Schema):
     role = fields.String(metadata={"enum": ["user", "admin"]})
 
 
-class TokenPairSchema(Schema):
-    access_token = fields.String()
-    refresh_token = fields.String()
-
-
 class AccessTokenSchema(Schema):
     access_token = fields.String()
+
+
+class TokenPairSchema(AccessTokenSchema):
+    refresh_token = fields.String()
 
 
 class MessageSchema(Schema):
