@@ -67,5 +67,5 @@ def init_app(app):
 
     @app.before_request
     def _first_request_in_this_process():
-        if os.getpid() not in _started_pids(app) and request.endpoint not in ("health.health",):
+        if os.getpid() not in _started_pids(app) and request.endpoint != "health.health":
             on_worker_start(app)

@@ -42,17 +42,17 @@ def give():
     Giving feedback on the same prediction again replaces its label, unless an admin has
     reviewed it (409).
     """
-    user_id = caller_id()
     if request.mimetype.startswith("multipart/form-data"):
         upload = read_multipart_file()
-        feedback = feedback_service.give_labelled_sample(upload, LabelFormSchema().load({"label": request.form.get("label")})["label"], user_id=user_id)
-        return feedback_service.serialize(feedback)
-    if not request.is_json:
+        label = LabelFormSchema().load({"label": request.form.get("label")})["label"]
+        feedback = feedback_service.give_labelled_sample(upload, label, user_id=caller_id())
+    elif request.is_json:
+        data = FeedbackRequestSchema().load(_json_body())
+        feedback, _created = feedback_service.give_feedback(
+            data["prediction_id"], data["label"], user_id=caller_id(), is_admin=get_jwt().get("role") == "admin"
+        )
+    else:
         raise ApiError("send JSON or multipart/form-data", status=415, code="unsupported_media_type")
-    data = FeedbackRequestSchema().load(_json_body())
-    feedback, _created = feedback_service.give_feedback(
-        data["prediction_id"], data["label"], user_id=user_id, is_admin=get_jwt().get("role") == "admin"
-    )
     return feedback_service.serialize(feedback)
 
 
