@@ -18,7 +18,7 @@ import os
 import time
 
 from flask import current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -153,7 +153,7 @@ def check_scraper():
 
 
 def scrape():
-    """(body, content type) of one scrape: every process's counts plus the database gauges."""
+    """One scrape: every process's counts plus the database gauges."""
     database = CollectorRegistry(auto_describe=False)
     database.register(DatabaseCollector())
     if MULTIPROCESS:
@@ -161,7 +161,7 @@ def scrape():
         MultiProcessCollector(processes)
     else:
         processes = REGISTRY
-    return generate_latest(processes) + generate_latest(database), CONTENT_TYPE_LATEST
+    return generate_latest(processes) + generate_latest(database)
 
 
 def init_app(app):

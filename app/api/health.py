@@ -63,6 +63,4 @@ def scrape():
     if not current_app.config["METRICS_ENABLED"]:
         raise NotFound("metrics are turned off (METRICS_ENABLED=false)")
     metrics.check_scraper()
-    body, content_type = metrics.scrape()
-    return current_app.response_class(body, mimetype=content_type.split(";")[0],
-                                      headers={"Content-Type": content_type})
+    return current_app.response_class(metrics.scrape(), mimetype="text/plain")
