@@ -28,16 +28,18 @@ def create_app(config_name=None, test_config=None):
     ensure_development_secrets(app)
     config_class.validate(app.config)
 
-    from app.logs import configure_logging
+    from app import cli, errors, lifecycle, logs, metrics
+    from app.serving import ModelService
 
-    configure_logging(app)
+    logs.configure_logging(app)
     configure_proxy(app)
-    register_metrics(app)
+    metrics.init_app(app)
     register_extensions(app)
     register_blueprints(app)
-    register_error_handlers(app)
-    register_commands(app)
-    register_model_service(app)
+    errors.register_error_handlers(app)
+    cli.init_app(app)
+    ModelService().init_app(app)
+    lifecycle.init_app(app)
     return app
 
 
@@ -47,10 +49,10 @@ def configure_database_uri(app):
         path = os.path.join(app.instance_path, "digit_service.sqlite3")
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    if uri.startswith("postgres://"):  # the scheme Heroku-style URLs use; SQLAlchemy wants postgresql
-        uri = "postgresql://" + uri[len("postgres://"):]
-    if uri.startswith("postgresql://"):
-        uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
+    # postgres:// is the scheme Heroku-style URLs use; the driver is psycopg 3 either way.
+    for scheme in ("postgres://", "postgresql://"):
+        if uri.startswith(scheme):
+            uri = "postgresql+psycopg://" + uri[len(scheme):]
     app.config["SQLALCHEMY_DATABASE_URI"] = uri
     if uri.startswith("postgresql"):
         # An unreachable server must fail fast (503), not hold a request for minutes.
@@ -101,10 +103,13 @@ def configure_proxy(app):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
 
-def register_metrics(app):
-    from app import metrics
-
-    metrics.init_app(app)
+# How callers authenticate, as the endpoints' ``security`` requirements name it.
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "refreshToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                     "description": "the refresh token from login"},
+    "metricsToken": {"type": "http", "scheme": "bearer", "description": "the METRICS_TOKEN setting"},
+}
 
 
 def register_extensions(app):
@@ -125,16 +130,8 @@ def register_extensions(app):
     mail.init_app(app)
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)
-    api.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    )
-    api.spec.components.security_scheme(
-        "refreshToken",
-        {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "the refresh token from login"},
-    )
-    api.spec.components.security_scheme(
-        "metricsToken", {"type": "http", "scheme": "bearer", "description": "the METRICS_TOKEN setting"}
-    )
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -187,23 +184,3 @@ def register_api_docs(app):
     limiter.exempt(docs)
     limiter.exempt(app.blueprints["api-docs"])  # flask-smorest's /openapi.json, registered by api.init_app
     app.register_blueprint(docs)
-
-
-def register_error_handlers(app):
-    from app.errors import register_error_handlers as register
-
-    register(app)
-
-
-def register_commands(app):
-    from app import cli
-
-    cli.init_app(app)
-
-
-def register_model_service(app):
-    from app import lifecycle
-    from app.serving import ModelService
-
-    ModelService().init_app(app)
-    lifecycle.init_app(app)

@@ -6,8 +6,12 @@ import sys
 import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
+from marshmallow import ValidationError
 
+from app.entities import User
 from app.extensions import db
+from app.schemas import RegisterSchema
+from app.services import accounts, model_versions, retraining, trust
 
 
 def init_app(app):
@@ -25,12 +29,6 @@ def init_app(app):
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
 def create_admin(username, email, password_stdin):
     """Create an admin account (or promote an existing user after checking the password)."""
-    from marshmallow import ValidationError
-
-    from app.entities import User
-    from app.schemas import RegisterSchema
-    from app.services import accounts
-
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -56,11 +54,8 @@ def create_admin(username, email, password_stdin):
 @with_appcontext
 def status():
     """Say what a fresh install still needs: an admin, a model."""
-    from app.entities import User
-    from app.services.model_versions import active_version
-
     admins = db.session.scalar(db.select(db.func.count(User.id)).filter_by(role="admin"))
-    model = active_version()
+    model = model_versions.active_version()
     click.echo(f"database: {current_app.config['SQLALCHEMY_DATABASE_URI'].split('@')[-1]}")
     click.echo(f"model: {model.version if model else 'shipped model (registered on first use)'}")
     if not admins:
@@ -76,9 +71,7 @@ def status():
 @with_appcontext
 def purge_revocations():
     """Delete revoked-token rows whose tokens have expired (logouts also sweep some)."""
-    from app.services.accounts import purge_expired_revocations
-
-    click.echo(f"{purge_expired_revocations()} expired revocations deleted")
+    click.echo(f"{accounts.purge_expired_revocations()} expired revocations deleted")
 
 
 model_cli = AppGroup("model", help="Train, evaluate, list and retrain digit models.")
@@ -87,9 +80,7 @@ model_cli = AppGroup("model", help="Train, evaluate, list and retrain digit mode
 @model_cli.command("list")
 def list_models():
     """Every registered model version; * marks the active one."""
-    from app.services.model_versions import list_versions
-
-    rows = list_versions()
+    rows = model_versions.list_versions()
     if not rows:
         click.echo("no model registered yet (the shipped one is registered on first use)")
     for row in rows:
@@ -105,8 +96,6 @@ def list_models():
 @click.option("--activate/--no-activate", default=True, help="serve the new model right away")
 def train_base(data_dir, epochs, seed, eval_dir, activate):
     """Train a base model from scratch and register it as a new version."""
-    from app.services import model_versions
-
     row = model_versions.train_base_version(data_dir, epochs=epochs, seed=seed, eval_dir=eval_dir, activate=activate,
                                            progress=lambda f: click.echo(f"  {f:.0%}", err=True))
     click.echo(json.dumps({"model_version": row.version, "status": row.status, "metrics": row.metrics}))
@@ -115,8 +104,6 @@ def train_base(data_dir, epochs, seed, eval_dir, activate):
 @model_cli.command("export-onnx")
 def export_onnx():
     """Export versions saved before ONNX exports existed (workers also do it when they start)."""
-    from app.services import model_versions
-
     done = model_versions.export_missing_onnx()
     missing = [row.version for row in model_versions.versions_without_onnx()]
     click.echo(json.dumps({"exported": done, "still_missing": missing}))
@@ -129,8 +116,6 @@ def export_onnx():
 @click.option("--clear", is_flag=True, help="serve the version uncalibrated (its temperature becomes NULL)")
 def calibrate(version, clear):
     """Refit a version's calibration temperature on the replay hold-out digits, or clear it."""
-    from app.services import model_versions
-
     fit = model_versions.calibrate_version(version, clear=clear)
     row = model_versions.get_version(version) if version else model_versions.ensure_active_version()
     click.echo(json.dumps({"model_version": row.version, "temperature": row.temperature, "calibration": fit}))
@@ -142,8 +127,6 @@ def calibrate(version, clear):
 @click.option("--version", default=None, help="model version (default: the active one)")
 def evaluate(data_dir, version):
     """Accuracy of a model version on labelled data, through the API's preprocessing."""
-    from app.services import model_versions
-
     click.echo(json.dumps(model_versions.evaluate_version(data_dir, version=version)))
 
 
@@ -152,8 +135,6 @@ def evaluate(data_dir, version):
 @click.option("--force", is_flag=True, help="skip the promotion gate")
 def retrain(wait, force):
     """Start a retrain on stored feedback, as POST /admin/retrain does."""
-    from app.services import retraining
-
     job = retraining.start_retrain(requested_by=None, force=force, run_inline=wait)
     click.echo(json.dumps(retraining.job_body(job), default=str))
     if wait and job.status == "failed":
@@ -169,8 +150,7 @@ def assess_feedback(dry_run):
     """Score every account's labels against the live model and the other accounts (the
     trust rules a retrain applies first); quarantine outliers, release the cleared.
     Prints one JSON object per account with the numbers behind its verdict."""
-    from app.services import model_versions, trust
-    from app.ml.training import configure_tensorflow
+    from app.ml.training import configure_tensorflow  # TensorFlow: only for this command
 
     live = model_versions.ensure_active_version()
     if live is None:

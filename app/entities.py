@@ -88,8 +88,7 @@ class Feedback(db.Model):
     label: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # accepted | quarantined | rejected: set by the trust rules or by an admin's review.
-    # Only accepted feedback is trained on.
+    # One of FEEDBACK_STATUSES, set by the trust rules or by an admin's review.
     status: Mapped[str] = mapped_column(String(16), default="accepted", server_default="accepted", index=True)
     # Why it has its status (a short code, e.g. "account_outlier"), and the numbers behind it.
     status_reason: Mapped[str | None] = mapped_column(String(64))

@@ -71,33 +71,24 @@ def error_response(status, message=None, code=None, details=None, headers=None):
         body["error"]["details"] = details
     response = jsonify(body)
     response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
+    response.headers.update(headers or {})
     return response
 
 
 def _http_exception(exc):
     """Werkzeug errors (404, 405, 413, smorest's 422...) rendered as JSON."""
-    details = None
-    message = exc.description
-    code = None
-    data = getattr(exc, "data", None) or {}
-    # webargs/flask-smorest put field errors in exc.data["messages"].
-    if exc.code == 422 and data.get("messages"):
-        details = _flatten_locations(data["messages"])
-        message = "request validation failed"
-        code = "validation_error"
-    elif exc.code == 400 and data.get("messages"):
-        details = _flatten_locations(data["messages"])
-    if exc.code == 413:
-        message = "request body too large"
     if exc.code == 429:
         return _rate_limited(exc)
-    headers = {}
+    # webargs/flask-smorest put field errors in exc.data["messages"].
+    messages = (getattr(exc, "data", None) or {}).get("messages")
+    if messages and exc.code == 422:
+        return _validation_failed(_flatten_locations(messages))
+    details = _flatten_locations(messages) if messages and exc.code == 400 else None
+    message = "request body too large" if exc.code == 413 else exc.description
+    headers = None
     if exc.code == 405 and exc.response is None:
-        allowed = exc.get_headers()
-        headers = {k: v for k, v in allowed if k == "Allow"}
-    return error_response(exc.code or 500, message, code=code, details=details, headers=headers)
+        headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
+    return error_response(exc.code or 500, message, details=details, headers=headers)
 
 
 def _flatten_locations(messages):
@@ -126,9 +117,9 @@ def _api_error(exc):
     return error_response(exc.status, exc.message, code=exc.code, details=exc.details, headers=exc.headers)
 
 
-def _schema_error(exc):
-    """A body validated in a view (not by a decorator) failed its schema."""
-    return error_response(422, "request validation failed", code="validation_error", details=exc.messages)
+def _validation_failed(details):
+    """A request that failed its schema, in a decorator (smorest's 422) or in a view."""
+    return error_response(422, "request validation failed", code="validation_error", details=details)
 
 
 # The driver could not reach the database or lost it mid-request (server down, restarted,
@@ -162,7 +153,7 @@ def _unexpected(exc):
 def register_error_handlers(app):
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_exception)
-    app.register_error_handler(MarshmallowValidationError, _schema_error)
+    app.register_error_handler(MarshmallowValidationError, lambda exc: _validation_failed(exc.messages))
     for exc_class in DATABASE_DOWN:
         app.register_error_handler(exc_class, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)

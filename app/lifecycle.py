@@ -10,6 +10,8 @@ import threading
 
 from flask import request
 
+from app.errors import rollback_quietly
+
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 
@@ -31,27 +33,15 @@ def on_worker_start(app):
     from app.services.retraining import fail_interrupted_jobs
 
     service = app.extensions["model_service"]
+    model_dir = app.config["MODEL_DIR"]
     with app.app_context():
-        try:
-            fail_interrupted_jobs()
-        except Exception:  # e.g. tables not migrated yet: /ready will say so
-            db.session.rollback()
-            log.exception("could not check for interrupted retrain jobs")
-        try:
-            sweep_stale_temp_files(app.config["MODEL_DIR"])
-        except OSError:
-            log.exception("could not sweep temporary model files")
-        try:
-            # Normally nothing to do; after an upgrade, a one-off that loads TensorFlow here.
-            export_missing_onnx()
-        except Exception:  # the versions stay unservable until it works; /ready says so
-            db.session.rollback()
-            log.exception("could not export model versions to ONNX")
-        try:
-            backfill_shipped_temperature(app.config["MODEL_DIR"])
-        except Exception:  # e.g. a bad manifest value: served uncalibrated, as before
-            db.session.rollback()
-            log.exception("could not backfill the shipped model's calibration temperature")
+        # A step that fails (tables not migrated yet, versions not exported: /ready says so; a
+        # bad manifest value: served uncalibrated, as before) does not stop the worker.
+        _attempt("check for interrupted retrain jobs", fail_interrupted_jobs)
+        _attempt("sweep temporary model files", sweep_stale_temp_files, model_dir)
+        # Normally nothing to do; after an upgrade, a one-off that loads TensorFlow here.
+        _attempt("export model versions to ONNX", export_missing_onnx)
+        _attempt("backfill the shipped model's calibration temperature", backfill_shipped_temperature, model_dir)
         if app.config["MODEL_PRELOAD"]:
             service.ensure_loaded(quiet=True)
         db.session.remove()
@@ -63,10 +53,19 @@ def on_worker_start(app):
         service.start_watcher()
 
 
+def _attempt(what, step, *args):
+    """Run one start-up step; a failure is logged and rolled back."""
+    try:
+        step(*args)
+    except Exception:
+        rollback_quietly()
+        log.exception("could not %s", what)
+
+
 def init_app(app):
     """Run ``on_worker_start`` before the first request of a process that was not started by gunicorn."""
 
     @app.before_request
     def _first_request_in_this_process():
-        if os.getpid() not in _started_pids(app) and request.endpoint not in ("health.health",):
+        if os.getpid() not in _started_pids(app) and request.endpoint != "health.health":
             on_worker_start(app)

@@ -18,9 +18,11 @@ import os
 import time
 
 from flask import current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.errors import Forbidden, Unauthorized
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
@@ -132,25 +134,26 @@ class DatabaseCollector:
         yield held
 
 
-def scrape_refusal():
-    """None if this request may scrape, else (status, message): a configured token is required
-    from everyone (401 without it); without one, loopback only, and never in production (403)."""
+def check_scraper():
+    """Refuse a request that may not scrape: a configured token is required from everyone
+    (401 without it); without one, loopback only, and never in production (403)."""
     token = current_app.config["METRICS_TOKEN"]
     if token:
-        if hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
-            return None
-        return 401, "send the METRICS_TOKEN as a bearer token"
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("send the METRICS_TOKEN as a bearer token")
+        return
     if current_app.config["APP_ENV"] == "production":
-        return 403, "set METRICS_TOKEN to scrape /metrics in production"
+        raise Forbidden("set METRICS_TOKEN to scrape /metrics in production")
     try:
         loopback = ipaddress.ip_address(request.remote_addr or "").is_loopback
     except ValueError:
         loopback = False
-    return None if loopback else (403, "without a METRICS_TOKEN only loopback may scrape /metrics")
+    if not loopback:
+        raise Forbidden("without a METRICS_TOKEN only loopback may scrape /metrics")
 
 
 def scrape():
-    """(body, content type) of one scrape: every process's counts plus the database gauges."""
+    """One scrape: every process's counts plus the database gauges."""
     database = CollectorRegistry(auto_describe=False)
     database.register(DatabaseCollector())
     if MULTIPROCESS:
@@ -158,7 +161,7 @@ def scrape():
         MultiProcessCollector(processes)
     else:
         processes = REGISTRY
-    return generate_latest(processes) + generate_latest(database), CONTENT_TYPE_LATEST
+    return generate_latest(processes) + generate_latest(database)
 
 
 def init_app(app):

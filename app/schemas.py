@@ -85,13 +85,12 @@ class UserSchema(Schema):
     role = fields.String(metadata={"enum": ["user", "admin"]})
 
 
-class TokenPairSchema(Schema):
-    access_token = fields.String()
-    refresh_token = fields.String()
-
-
 class AccessTokenSchema(Schema):
     access_token = fields.String()
+
+
+class TokenPairSchema(AccessTokenSchema):
+    refresh_token = fields.String()
 
 
 class MessageSchema(Schema):
@@ -161,31 +160,26 @@ class PageQuerySchema(Schema):
     per_page = fields.Integer(load_default=20, validate=validate.Range(1, 100))
 
 
-class FeedbackPageSchema(Schema):
-    items = fields.List(fields.Nested(FeedbackSchema))
+class PageSchema(Schema):
+    """Where a page of ``items`` stands in the whole list (services.pagination.page_body)."""
+
     page = fields.Integer()
     per_page = fields.Integer()
     total = fields.Integer()
     pages = fields.Integer()
 
 
-class OwnPredictionSchema(Schema):
-    prediction_id = fields.Integer()
-    prediction = fields.Integer()
-    confidence = fields.Float()
-    probabilities = fields.List(fields.Float(), metadata={"description": "10 probabilities, digit 0 first"})
-    model_version = fields.String()
-    api_version = fields.String(metadata={"example": "v2"})
+class FeedbackPageSchema(PageSchema):
+    items = fields.List(fields.Nested(FeedbackSchema))
+
+
+class OwnPredictionSchema(PredictionV2Schema):
     created_at = UtcDateTime()
     feedback_label = fields.Integer(allow_none=True, metadata={"description": "the label the caller gave it, if any"})
 
 
-class PredictionPageSchema(Schema):
+class PredictionPageSchema(PageSchema):
     items = fields.List(fields.Nested(OwnPredictionSchema))
-    page = fields.Integer()
-    per_page = fields.Integer()
-    total = fields.Integer()
-    pages = fields.Integer()
 
 
 class FeedbackStatsSchema(Schema):
@@ -356,14 +350,10 @@ def register_review_schemas(spec):
         spec.components.schema(name, schema=schema)
 
 
-class ReviewPageSchema(Schema):
+class ReviewPageSchema(PageSchema):
     queue = fields.String(metadata={"enum": list(REVIEW_QUEUES)})
     items = fields.List(ReviewItem(), metadata={"description": "ReviewFeedbackItem (quarantined queue) or "
                                                                "ReviewPredictionItem (uncertain queue)"})
-    page = fields.Integer()
-    per_page = fields.Integer()
-    total = fields.Integer()
-    pages = fields.Integer()
 
 
 class ReviewActionSchema(Schema):

@@ -3,7 +3,7 @@
 from functools import wraps
 
 from flask import g
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
 from sqlalchemy import bindparam, select
 
 from app.entities import RevokedToken, User
@@ -15,6 +15,11 @@ from app.extensions import db, jwt
 # revoked on one worker is refused by all of them at once.
 _REVOKED = RevokedToken.__table__
 _IS_REVOKED = select(_REVOKED.c.id).where(_REVOKED.c.jti == bindparam("jti"))
+
+
+def caller_id():
+    """The verified caller's user id (a token's ``sub`` is a string, as JWT requires)."""
+    return int(get_jwt_identity())
 
 
 def role_required(role):
@@ -70,11 +75,3 @@ def init_app(app):
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
         return error_response(401, "token has been revoked", code="token_revoked")
-
-    @jwt.needs_fresh_token_loader
-    def _not_fresh(_header, _payload):
-        return error_response(401, "fresh token required", code="fresh_token_required")
-
-    @jwt.user_lookup_error_loader
-    def _no_user(_header, _payload):
-        return error_response(401, "user no longer exists", code="invalid_token")

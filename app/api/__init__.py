@@ -1,10 +1,21 @@
 """The HTTP layer. Its blueprints share one flask-smorest ``Blueprint`` class, whose
-argument parser answers a body that is not JSON with 415."""
+argument parser answers a body that is not JSON with 415, the bearer-token security
+requirement and rate limits read from the settings."""
 
 import flask_smorest
+from flask import current_app
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from app.errors import ApiError
+from app.extensions import limiter
+
+# The OpenAPI security requirement of an endpoint that takes an access token.
+BEARER = [{"bearerAuth": []}]
+
+
+def limit_from_setting(name):
+    """Flask-Limiter's limit on a view, read from the setting ``name`` at each request."""
+    return limiter.limit(lambda: current_app.config[name])
 
 
 class _JsonBodyParser(FlaskParser):

@@ -1,9 +1,8 @@
 """Admin: model versions, feedback statistics and retraining."""
 
 from flask import current_app, url_for
-from flask_jwt_extended import get_jwt_identity
 
-from app.api import Blueprint
+from app.api import BEARER, Blueprint
 from app.schemas import (
     MAX_ID,
     FeedbackStatsSchema,
@@ -15,13 +14,12 @@ from app.schemas import (
     StatsSchema,
     link_to,
 )
-from app.security import role_required
+from app.security import caller_id, role_required
 from app.services import feedback as feedback_service
 from app.services import model_versions, monitoring, retraining
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", description="Administration (admin role)")
 
-ADMIN = [{"bearerAuth": []}]
 JOB_STATUS = "/admin/retrain/{job_id}"
 
 
@@ -43,7 +41,7 @@ def _version_body(row):
 @bp.get("/models")
 @role_required("admin")
 @bp.response(200, ModelListSchema)
-@bp.doc(security=ADMIN, responses={"200": {"links": {"activate": link_to(
+@bp.doc(security=BEARER, responses={"200": {"links": {"activate": link_to(
     "/admin/models/{version}/activate", parameters={"version": "$response.body#/active_version"},
     description="activate a listed version again (here: the active one, which changes nothing)")}}})
 def list_models():
@@ -61,7 +59,7 @@ def list_models():
 @role_required("admin")
 @bp.response(200, ModelVersionSchema)
 @bp.alt_response(409, description="the version's files are missing or changed, or its calibration temperature is unusable")
-@bp.doc(security=ADMIN)
+@bp.doc(security=BEARER)
 def activate_model(version):
     """Serve ``version`` from now on, in every worker (rollback or roll forward)."""
     row = model_versions.activate_version(version)
@@ -72,7 +70,7 @@ def activate_model(version):
 @bp.get("/feedback/stats")
 @role_required("admin")
 @bp.response(200, FeedbackStatsSchema)
-@bp.doc(security=ADMIN)
+@bp.doc(security=BEARER)
 def feedback_stats():
     """Feedback counts per label and model version, the live model's error rate, what is new."""
     return feedback_service.stats()
@@ -81,7 +79,7 @@ def feedback_stats():
 @bp.get("/stats")
 @role_required("admin")
 @bp.response(200, StatsSchema)
-@bp.doc(security=ADMIN)
+@bp.doc(security=BEARER)
 def stats():
     """The live model on real traffic: drift of recent predictions, error rate per version
     (from users' labels, also per day), prediction and feedback counts."""
@@ -96,11 +94,11 @@ def stats():
 @bp.alt_response(422, description="too little feedback")
 @bp.alt_response(503, description="the retrain queue (Redis, with RETRAIN_BACKEND=rq) is unreachable: "
                                   "nothing started, the slot stays free")
-@bp.doc(security=ADMIN, responses={"202": {"links": {"status": link_to(
+@bp.doc(security=BEARER, responses={"202": {"links": {"status": link_to(
     JOB_STATUS, "get", parameters={"job_id": "$response.body#/job_id"}, description="poll the job")}}})
 def start_retrain(data):
     """Start retraining on stored feedback in the background; poll ``status_url``."""
-    job = retraining.start_retrain(requested_by=int(get_jwt_identity()), force=(data or {}).get("force", False))
+    job = retraining.start_retrain(requested_by=caller_id(), force=(data or {}).get("force", False))
     status_url = url_for("admin.retrain_status", job_id=job.id)
     return {"job_id": job.id, "status": job.status, "status_url": status_url}, 202, {"Location": status_url}
 
@@ -108,7 +106,7 @@ def start_retrain(data):
 @bp.get(f"/retrain/<int(min=1, max={MAX_ID}):job_id>")  # any other number names no job: 404
 @role_required("admin")
 @bp.response(200, RetrainJobSchema)
-@bp.doc(security=ADMIN)
+@bp.doc(security=BEARER)
 def retrain_status(job_id):
     """Status, progress, timings, metrics, resulting version and error of a retrain job."""
     return retraining.job_body(retraining.get_job(job_id))
@@ -117,7 +115,7 @@ def retrain_status(job_id):
 @bp.get("/retrain")
 @role_required("admin")
 @bp.response(200, RetrainJobSchema(many=True))
-@bp.doc(security=ADMIN, responses={"200": {"links": {"status": link_to(
+@bp.doc(security=BEARER, responses={"200": {"links": {"status": link_to(
     JOB_STATUS, "get", parameters={"job_id": "$response.body#/0/job_id"}, description="the newest job")}}})
 def list_retrain_jobs():
     """The 50 most recent retrain jobs, newest first."""

@@ -1,10 +1,9 @@
 """Accounts and tokens: register, login, refresh, logout, me."""
 
-from flask import current_app, request
+from flask import request
 from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
 
-from app.api import Blueprint
-from app.extensions import limiter
+from app.api import BEARER, Blueprint, limit_from_setting
 from app.schemas import (
     AccessTokenSchema,
     LoginSchema,
@@ -20,20 +19,11 @@ bp = Blueprint("auth", __name__, url_prefix="/auth", description="Accounts and t
 # The original service logged in at /login; old clients still do.
 legacy_bp = Blueprint("legacy", __name__, description="Routes kept for old clients")
 
-BEARER = [{"bearerAuth": []}]
 REFRESH = [{"refreshToken": []}]
 
 
-def _login_limit():
-    return current_app.config["RATELIMIT_LOGIN"]
-
-
-def _register_limit():
-    return current_app.config["RATELIMIT_REGISTER"]
-
-
 @bp.post("/register")
-@limiter.limit(_register_limit)
+@limit_from_setting("RATELIMIT_REGISTER")
 @bp.arguments(RegisterSchema)
 @bp.response(201, UserSchema)
 @bp.alt_response(409, description="username taken")
@@ -51,7 +41,7 @@ def _login(data):
 
 
 @bp.post("/login")
-@limiter.limit(_login_limit)
+@limit_from_setting("RATELIMIT_LOGIN")
 @bp.arguments(LoginSchema)
 @bp.response(200, TokenPairSchema)
 @bp.alt_response(401, description="wrong username or password")
@@ -66,7 +56,7 @@ def login(data):
 
 
 @legacy_bp.post("/login")
-@limiter.limit(_login_limit)
+@limit_from_setting("RATELIMIT_LOGIN")
 @legacy_bp.arguments(LoginSchema)
 @legacy_bp.response(200, TokenPairSchema)
 def legacy_login(data):

@@ -1,12 +1,13 @@
 """Feedback from users: the true label of a prediction, or a labelled upload."""
 
 from flask import request
-from flask_jwt_extended import get_jwt, get_jwt_identity, jwt_required
+from flask_jwt_extended import get_jwt, jwt_required
 
-from app.api import Blueprint
+from app.api import BEARER, Blueprint
 from app.api.uploads import upload_endpoint, read_multipart_file
 from app.errors import ApiError, ValidationFailed
 from app.schemas import ErrorSchema, FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
+from app.security import caller_id
 from app.services import feedback as feedback_service
 
 bp = Blueprint("feedback", __name__, url_prefix="/api/v2", description="Feedback on predictions")
@@ -34,24 +35,24 @@ FEEDBACK_BODY = {
 @bp.response(201, FeedbackSchema)
 @bp.alt_response(409, schema=ErrorSchema, description="feedback_reviewed: an admin has reviewed this label")
 @upload_endpoint(bp)
-@bp.doc(security=[{"bearerAuth": []}], requestBody=FEEDBACK_BODY)
+@bp.doc(security=BEARER, requestBody=FEEDBACK_BODY)
 def give():
     """Tell the service the true digit: JSON ``{prediction_id, label}`` or multipart ``file`` + ``label``.
 
     Giving feedback on the same prediction again replaces its label, unless an admin has
     reviewed it (409).
     """
-    user_id = int(get_jwt_identity())
     if request.mimetype.startswith("multipart/form-data"):
         upload = read_multipart_file()
-        feedback = feedback_service.give_labelled_sample(upload, LabelFormSchema().load({"label": request.form.get("label")})["label"], user_id=user_id)
-        return feedback_service.serialize(feedback)
-    if not request.is_json:
+        label = LabelFormSchema().load({"label": request.form.get("label")})["label"]
+        feedback = feedback_service.give_labelled_sample(upload, label, user_id=caller_id())
+    elif request.is_json:
+        data = FeedbackRequestSchema().load(_json_body())
+        feedback, _created = feedback_service.give_feedback(
+            data["prediction_id"], data["label"], user_id=caller_id(), is_admin=get_jwt().get("role") == "admin"
+        )
+    else:
         raise ApiError("send JSON or multipart/form-data", status=415, code="unsupported_media_type")
-    data = FeedbackRequestSchema().load(_json_body())
-    feedback, _created = feedback_service.give_feedback(
-        data["prediction_id"], data["label"], user_id=user_id, is_admin=get_jwt().get("role") == "admin"
-    )
     return feedback_service.serialize(feedback)
 
 
@@ -68,7 +69,7 @@ def _json_body():
 @jwt_required()
 @bp.arguments(PageQuerySchema, location="query")
 @bp.response(200, FeedbackPageSchema)
-@bp.doc(security=[{"bearerAuth": []}])
+@bp.doc(security=BEARER)
 def list_own(query):
     """The caller's own feedback, newest first (``?page=&per_page=``)."""
-    return feedback_service.list_own(int(get_jwt_identity()), query["page"], query["per_page"])
+    return feedback_service.list_own(caller_id(), query["page"], query["per_page"])

@@ -4,7 +4,7 @@ from flask import current_app
 
 from app import metrics
 from app.api import Blueprint
-from app.errors import error_response
+from app.errors import NotFound, rollback_quietly
 from app.extensions import db, limiter
 from app.schemas import ErrorSchema, HealthSchema, ReadySchema
 
@@ -33,15 +33,14 @@ def ready():
         db.session.execute(db.text("SELECT 1"))
         database = "ok"
     except Exception:
-        db.session.rollback()
+        rollback_quietly()
         database = "unavailable"
-    serving = current_app.extensions.get("model_service")
-    version = serving.ensure_loaded(quiet=True) if serving else None
+    serving = current_app.extensions["model_service"]
+    version = serving.ensure_loaded(quiet=True)
     ok = database == "ok" and version is not None
     body = {"status": "ready" if ok else "not_ready", "database": database, "model_version": version,
             # Serving a fallback (the active version's file would not load) or nothing: why.
-            "active_version": serving.active_version if serving else None,
-            "model_error": serving.last_error if serving and serving.last_error else None}
+            "active_version": serving.active_version, "model_error": serving.last_error}
     return body, 200 if ok else 503
 
 
@@ -62,11 +61,6 @@ def ready():
 def scrape():
     """Prometheus metrics: requests, predictions, feedback, retrains, model swaps, drift."""
     if not current_app.config["METRICS_ENABLED"]:
-        return error_response(404, "metrics are turned off (METRICS_ENABLED=false)", code="not_found")
-    refusal = metrics.scrape_refusal()
-    if refusal:
-        status, message = refusal
-        return error_response(status, message, code="unauthorized" if status == 401 else "forbidden")
-    body, content_type = metrics.scrape()
-    return current_app.response_class(body, mimetype=content_type.split(";")[0],
-                                      headers={"Content-Type": content_type})
+        raise NotFound("metrics are turned off (METRICS_ENABLED=false)")
+    metrics.check_scraper()
+    return current_app.response_class(metrics.scrape(), mimetype="text/plain")

@@ -1,12 +1,11 @@
 """Version 1 of predict: the original service's response keys, kept for its clients."""
 
-from flask import current_app
-from flask_jwt_extended import get_jwt_identity, jwt_required
+from flask_jwt_extended import jwt_required
 
-from app.api import Blueprint
+from app.api import BEARER, Blueprint, limit_from_setting
 from app.api.uploads import SINGLE_UPLOAD_BODY, upload_endpoint, read_single_upload
-from app.extensions import limiter
 from app.schemas import PredictionV1Schema
+from app.security import caller_id
 from app.services.predictions import predict_uploads
 
 bp = Blueprint("predict_v1", __name__, url_prefix="/api/v1", description="Predict, version 1 (legacy keys)")
@@ -14,11 +13,11 @@ bp = Blueprint("predict_v1", __name__, url_prefix="/api/v1", description="Predic
 
 @bp.post("/predict")
 @jwt_required()
-@limiter.limit(lambda: current_app.config["RATELIMIT_V1_PREDICT"])
+@limit_from_setting("RATELIMIT_V1_PREDICT")
 @bp.response(200, PredictionV1Schema)
 @upload_endpoint(bp)
-@bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_BODY)
+@bp.doc(security=BEARER, requestBody=SINGLE_UPLOAD_BODY)
 def predict():
     """Predict the digit in an uploaded image (multipart field ``file``)."""
-    [row], _version = predict_uploads([read_single_upload()], user_id=int(get_jwt_identity()), api_version="v1")
+    [row], _version = predict_uploads([read_single_upload()], user_id=caller_id(), api_version="v1")
     return {"prediccion": row.predicted, "probabilidad": row.confidence, "version": "v1"}

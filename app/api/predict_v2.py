@@ -1,9 +1,9 @@
 """Version 2 of predict: probabilities, model version and a prediction id for feedback."""
 
 from flask import current_app
-from flask_jwt_extended import get_jwt_identity, jwt_required
+from flask_jwt_extended import jwt_required
 
-from app.api import Blueprint
+from app.api import BEARER, Blueprint, limit_from_setting
 from app.api.uploads import (
     MANY_UPLOADS_BODY,
     SINGLE_UPLOAD_OR_BASE64_BODY,
@@ -11,8 +11,8 @@ from app.api.uploads import (
     read_many_uploads,
     read_single_upload,
 )
-from app.extensions import limiter
 from app.schemas import BatchPredictionSchema, PageQuerySchema, PredictionPageSchema, PredictionV2Schema, link_to
+from app.security import caller_id
 from app.services import predictions as prediction_service
 from app.services.predictions import predict_uploads
 
@@ -22,10 +22,6 @@ bp = Blueprint("predict_v2", __name__, url_prefix="/api/v2", description="Predic
 def _feedback_link(pointer):
     return {"feedback": link_to("/api/v2/feedback", requestBody={"prediction_id": f"$response.body#{pointer}"},
                                 description="give the true label of this prediction")}
-
-
-def _v2_limit():
-    return current_app.config["RATELIMIT_V2_PREDICT"]
 
 
 def v2_body(row):
@@ -41,30 +37,30 @@ def v2_body(row):
 
 @bp.post("/predict")
 @jwt_required()
-@limiter.limit(_v2_limit)
+@limit_from_setting("RATELIMIT_V2_PREDICT")
 @bp.response(200, PredictionV2Schema)
 @upload_endpoint(bp)
-@bp.doc(security=[{"bearerAuth": []}], requestBody=SINGLE_UPLOAD_OR_BASE64_BODY,
+@bp.doc(security=BEARER, requestBody=SINGLE_UPLOAD_OR_BASE64_BODY,
         responses={"200": {"links": _feedback_link("/prediction_id")}})
 def predict():
     """Predict one image: multipart ``file`` or JSON ``{"image": "<base64>"}``."""
     [row], _version = predict_uploads(
-        [read_single_upload(allow_base64=True)], user_id=int(get_jwt_identity()), api_version="v2"
+        [read_single_upload(allow_base64=True)], user_id=caller_id(), api_version="v2"
     )
     return v2_body(row)
 
 
 @bp.post("/predict/batch")
 @jwt_required()
-@limiter.limit(_v2_limit)
+@limit_from_setting("RATELIMIT_V2_PREDICT")
 @bp.response(200, BatchPredictionSchema)
 @upload_endpoint(bp)
-@bp.doc(security=[{"bearerAuth": []}], requestBody=MANY_UPLOADS_BODY,
+@bp.doc(security=BEARER, requestBody=MANY_UPLOADS_BODY,
         responses={"200": {"links": _feedback_link("/predictions/0/prediction_id")}})
 def predict_batch():
     """Predict up to ``BATCH_MAX_FILES`` (64) images in one inference; results keep the order sent."""
     uploads = read_many_uploads(limit=current_app.config["BATCH_MAX_FILES"])
-    rows, version = predict_uploads(uploads, user_id=int(get_jwt_identity()), api_version="v2")
+    rows, version = predict_uploads(uploads, user_id=caller_id(), api_version="v2")
     return {"predictions": [v2_body(row) for row in rows], "model_version": version}
 
 
@@ -72,7 +68,7 @@ def predict_batch():
 @jwt_required()
 @bp.arguments(PageQuerySchema, location="query")
 @bp.response(200, PredictionPageSchema)
-@bp.doc(security=[{"bearerAuth": []}])
+@bp.doc(security=BEARER)
 def list_own(query):
     """The caller's own predictions, newest first, with the label given to each (``?page=&per_page=``)."""
-    return prediction_service.list_own(int(get_jwt_identity()), query["page"], query["per_page"])
+    return prediction_service.list_own(caller_id(), query["page"], query["per_page"])

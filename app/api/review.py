@@ -1,10 +1,8 @@
 """Admin review queue: quarantined feedback and uncertain predictions, and the admin's decisions."""
 
 from flask import current_app
-from flask_jwt_extended import get_jwt_identity
 
-from app.api import Blueprint
-from app.extensions import limiter
+from app.api import BEARER, Blueprint, limit_from_setting
 from app.schemas import (
     MAX_ID,
     AdminLabelSchema,
@@ -17,14 +15,13 @@ from app.schemas import (
     ReviewQuerySchema,
     review_action_body,
 )
-from app.security import role_required
+from app.security import caller_id, role_required
 from app.services import review
 
 bp = Blueprint("review", __name__, url_prefix="/admin",
                description="Review queue (admin role): quarantined feedback and the live model's least confident "
                            "unlabelled predictions; admins' labels are trusted")
 
-ADMIN = [{"bearerAuth": []}]
 # Documented on every endpoint here: the token failures and the role check.
 ACCESS_ERRORS = {401: "no token, or an expired, revoked or invalid one", 403: "the token is not an admin's"}
 
@@ -35,7 +32,7 @@ def documented(*statuses_and_descriptions):
     def decorate(view):
         for status, description in [*ACCESS_ERRORS.items(), *statuses_and_descriptions]:
             view = bp.alt_response(status, schema=ErrorSchema, description=description)(view)
-        return bp.doc(security=ADMIN)(view)
+        return bp.doc(security=BEARER)(view)
 
     return decorate
 
@@ -59,7 +56,7 @@ def queue(query):
 @documented((404, "no such feedback"), (409, "label_changed: the label is no longer the one given with accept/reject"))
 def review_feedback(data, feedback_id):
     """Accept, reject or relabel one feedback row; it becomes admin-verified."""
-    return review.review_one(feedback_id, data["action"], data.get("label"), admin_id=int(get_jwt_identity()))
+    return review.review_one(feedback_id, data["action"], data.get("label"), admin_id=caller_id())
 
 
 @bp.post("/review/bulk")
@@ -71,7 +68,7 @@ def review_feedback(data, feedback_id):
             (409, "label_changed: a row's label is no longer the one given with accept/reject; nothing was changed"))
 def review_bulk(data):
     """One action on up to 500 feedback rows, all or nothing."""
-    return review.review_many(data["feedback_ids"], data["action"], data.get("label"), admin_id=int(get_jwt_identity()))
+    return review.review_many(data["feedback_ids"], data["action"], data.get("label"), admin_id=caller_id())
 
 
 @bp.post(f"/review/predictions/<int(min=1, max={MAX_ID}):prediction_id>")
@@ -81,14 +78,14 @@ def review_bulk(data):
 @documented((404, "no such prediction"), (409, "the prediction already has feedback: review that instead"))
 def label_prediction(data, prediction_id):
     """Label a prediction nobody has labelled (accepted, admin-verified)."""
-    return review.label_prediction(prediction_id, data["label"], admin_id=int(get_jwt_identity()))
+    return review.label_prediction(prediction_id, data["label"], admin_id=caller_id())
 
 
 IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"]
 
 
 @bp.get("/images/<string(length=64):sha256>")
-@limiter.limit(lambda: current_app.config["RATELIMIT_ADMIN_IMAGES"])
+@limit_from_setting("RATELIMIT_ADMIN_IMAGES")
 @role_required("admin")
 @bp.doc(
     # The route takes any 64 characters; the digest is lowercase hex (422 otherwise).

@@ -65,6 +65,10 @@ async function activate(version) {
 
 let following = null;
 
+function unfinished(job) {
+  return job.status === "queued" || job.status === "running";
+}
+
 async function startRetrain() {
   const status = $("retrain-status");
   status.textContent = "Starting…";
@@ -99,7 +103,7 @@ function follow(jobId) {
       return;
     }
     showJob(job);
-    if (job.status === "queued" || job.status === "running") setTimeout(poll, POLL_MS);
+    if (unfinished(job)) setTimeout(poll, POLL_MS);
     else finished(job);
   };
   poll();
@@ -107,7 +111,7 @@ function follow(jobId) {
 
 function showJob(job) {
   const progress = $("retrain-progress");
-  const done = !["queued", "running"].includes(job.status);
+  const done = !unfinished(job);
   progress.value = done ? 1 : job.progress;
   progress.dataset.status = job.status;
   $("retrain-label").textContent = `Job ${job.job_id}: ${job.status}, ${Math.round(100 * (done ? 1 : job.progress))} %`;
@@ -151,7 +155,7 @@ async function loadLatestJob() {
   try {
     const [latest] = await api("GET", "/admin/retrain");
     if (!latest) return;
-    if (latest.status === "queued" || latest.status === "running") follow(latest.job_id);
+    if (unfinished(latest)) follow(latest.job_id);
     else {
       showJob(latest);
       $("retrain-status").textContent = `Last job ${latest.job_id}: ${latest.status}, ${when(latest.finished_at)}.`;
@@ -260,7 +264,7 @@ async function loadStats() {
 
 // Review queue -------------------------------------------------------------------------------
 
-const review = { queue: "quarantined", page: 1, pages: 0, urls: [] };
+const review = { queue: "quarantined", page: 1, urls: [] };
 
 function digitSelect(id, selected) {
   return el("select", { id, "aria-label": "Digit" },
@@ -324,7 +328,6 @@ async function loadReview() {
   $("queue-uncertain").setAttribute("aria-pressed", String(review.queue === "uncertain"));
   try {
     const body = await api("GET", `/admin/review?queue=${review.queue}&page=${review.page}&per_page=${REVIEW_PER_PAGE}`);
-    review.pages = body.pages;
     $("review").replaceChildren(...body.items.map(reviewItem));
     status.textContent = body.total ? `${body.total} waiting.` : "Nothing to review.";
     $("review-page").textContent = body.pages ? `Page ${body.page} of ${body.pages}` : "";
