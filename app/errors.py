@@ -54,6 +54,10 @@ class ValidationFailed(ApiError):
     status, code = 422, "validation_error"
 
 
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
 class ServiceUnavailable(ApiError):
     status, code = 503, "service_unavailable"
 

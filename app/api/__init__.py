@@ -6,7 +6,7 @@ import flask_smorest
 from flask import current_app
 from webargs.flaskparser import FlaskParser, is_json_request
 
-from app.errors import ApiError
+from app.errors import UnsupportedMediaType
 from app.extensions import limiter
 
 # The OpenAPI security requirement of an endpoint that takes an access token.
@@ -25,7 +25,7 @@ class _JsonBodyParser(FlaskParser):
     def _raw_load_json(self, req):
         has_body = bool(req.content_length) or "chunked" in req.headers.get("Transfer-Encoding", "")
         if has_body and not is_json_request(req):
-            raise ApiError("send the body as application/json", status=415, code="unsupported_media_type")
+            raise UnsupportedMediaType("send the body as application/json")
         return super()._raw_load_json(req)
 
 

@@ -4,8 +4,8 @@ from flask import request
 from flask_jwt_extended import get_jwt, jwt_required
 
 from app.api import BEARER, Blueprint
-from app.api.uploads import upload_endpoint, read_multipart_file
-from app.errors import ApiError, ValidationFailed
+from app.api.uploads import read_json_object, read_multipart_file, upload_endpoint
+from app.errors import UnsupportedMediaType
 from app.schemas import ErrorSchema, FeedbackPageSchema, FeedbackRequestSchema, FeedbackSchema, LabelFormSchema, PageQuerySchema
 from app.security import caller_id
 from app.services import feedback as feedback_service
@@ -47,22 +47,13 @@ def give():
         label = LabelFormSchema().load({"label": request.form.get("label")})["label"]
         feedback = feedback_service.give_labelled_sample(upload, label, user_id=caller_id())
     elif request.is_json:
-        data = FeedbackRequestSchema().load(_json_body())
+        data = FeedbackRequestSchema().load(read_json_object())
         feedback, _created = feedback_service.give_feedback(
             data["prediction_id"], data["label"], user_id=caller_id(), is_admin=get_jwt().get("role") == "admin"
         )
     else:
-        raise ApiError("send JSON or multipart/form-data", status=415, code="unsupported_media_type")
+        raise UnsupportedMediaType("send JSON or multipart/form-data")
     return feedback_service.serialize(feedback)
-
-
-def _json_body():
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError("request body is not valid JSON", code="invalid_json")
-    if not isinstance(body, dict):
-        raise ValidationFailed("request body must be a JSON object")
-    return body
 
 
 @bp.get("/feedback")

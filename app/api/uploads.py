@@ -11,7 +11,7 @@ from flask import request
 from werkzeug.exceptions import BadRequest
 from werkzeug.formparser import FormDataParser
 
-from app.errors import ApiError, ValidationFailed
+from app.errors import ApiError, UnsupportedMediaType, ValidationFailed
 from app.metrics import observe_refusal
 from app.schemas import ErrorSchema
 
@@ -126,11 +126,17 @@ def upload_endpoint(blueprint):
 
 
 def _unsupported():
-    return ApiError(
-        "send the image as multipart/form-data (field 'file') or JSON {\"image\": \"<base64>\"}",
-        status=415,
-        code="unsupported_media_type",
-    )
+    return UnsupportedMediaType("send the image as multipart/form-data (field 'file') or JSON {\"image\": \"<base64>\"}")
+
+
+def read_json_object():
+    """The request's JSON body, which must be an object."""
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError("request body is not valid JSON", code="invalid_json")
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return body
 
 
 def _from_file_storage(storage):
@@ -151,10 +157,7 @@ def read_multipart_file(field="file"):
 def read_single_upload(allow_base64=False):
     """One image from multipart ``file`` or, where allowed, JSON ``{"image": base64}``."""
     if allow_base64 and request.is_json:
-        body = request.get_json(silent=True)
-        if body is None:
-            raise ApiError("request body is not valid JSON", code="invalid_json")
-        image = body.get("image") if isinstance(body, dict) else None
+        image = read_json_object().get("image")
         if not isinstance(image, str):
             raise ValidationFailed("'image' must be a base64 string", details={"image": ["required"]})
         if image.startswith("data:") and "," in image:  # accept data URLs from browsers' canvases
