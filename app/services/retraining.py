@@ -205,18 +205,6 @@ def _finish(job, status, *, error=None, metrics=None, model_version=None):
     db.session.commit()
 
 
-def load_training_data():
-    """Feedback rows re-read from the stored originals with today's preprocessing
-    (``app.services.trust.FeedbackSet``: every row not rejected, with its account and status),
-    plus the replay digits and the MNIST hold-out shipped beside the models."""
-    from app.ml.datasets import load_replay
-    from app.services import trust
-
-    feedback = trust.load_feedback()
-    x_replay, y_replay, holdout = load_replay(current_app.config["MODEL_DIR"])
-    return feedback, x_replay, y_replay, holdout
-
-
 def run_job(job_id):
     """Run one job to its end: succeeded (new version live), rejected (gate said no) or failed."""
     from app.services import notifications
@@ -233,6 +221,7 @@ def run_job(job_id):
         # From here this process holds TensorFlow (training, the ONNX export), whether it is
         # an RQ worker, the CLI, or a web worker running a thread-backend job: that worker
         # keeps it until it restarts. Serving alone never imports it.
+        from app.ml.datasets import load_replay
         from app.ml.jobs import run_retrain
         from app.ml.training import FT_REPLAY_RATIO, configure_tensorflow
         from app.services import trust
@@ -241,9 +230,9 @@ def run_job(job_id):
         if live is None:
             raise RuntimeError("no active model to retrain from")
         live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
-        feedback, x_replay, y_replay, replay_holdout = load_training_data()
+        x_replay, y_replay, replay_holdout = load_replay(config["MODEL_DIR"])
         # Whose labels to believe is decided before anything trains on them.
-        assessment, changes = trust.assess(feedback, live_path)
+        feedback, assessment, changes = trust.assess(live)
         selection = trust.select_for_training(feedback, replay_per_feedback=FT_REPLAY_RATIO, seed=config["RETRAIN_SEED"])
         used = selection.index
         x, y = feedback.x[used], feedback.labels[used]
