@@ -83,6 +83,22 @@ def fallback_candidates(active):
     ).scalars().all()
 
 
+def _read_manifest(model_dir):
+    """The shipped model folder's manifest, or None without one."""
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _lock_versions():
+    """Lock every version row until the commit, in id order: in table order, updated rows move,
+    so two waiting lockers could take them in different orders and deadlock (seen in CI).
+    (SQLite has a single writer already; SQLAlchemy leaves FOR UPDATE out there.)"""
+    db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
+
+
 def get_version(version):
     row = db.session.execute(db.select(ModelVersion).filter_by(version=version)).scalar_one_or_none()
     if row is None:
@@ -100,12 +116,10 @@ def register_shipped_model(model_dir):
     Called when the database knows no model yet (a fresh install). Several workers may race
     here: the unique version name lets exactly one insert win.
     """
-    path = os.path.join(model_dir, MANIFEST)
-    if not os.path.exists(path):
+    manifest = _read_manifest(model_dir)
+    if manifest is None:
         log.error("no active model in the database and no %s in %s", MANIFEST, model_dir)
         return None
-    with open(path) as fh:
-        manifest = json.load(fh)
     row = ModelVersion(
         version=manifest["version"],
         file_path=manifest["file"],
@@ -135,12 +149,8 @@ def backfill_shipped_temperature(model_dir):
     workers backfill it when they start instead of serving it uncalibrated. Other versions
     with a NULL temperature (retrains from before calibration) stay uncalibrated.
     """
-    path = os.path.join(model_dir, MANIFEST)
-    if not os.path.exists(path):
-        return False
-    with open(path) as fh:
-        manifest = json.load(fh)
-    if manifest.get("temperature") is None:
+    manifest = _read_manifest(model_dir)
+    if manifest is None or manifest.get("temperature") is None:
         return False
     from app.ml.calibration import check_temperature
 
@@ -282,11 +292,8 @@ def activate_version(version, *, commit=True):
                        code="model_calibration_invalid") from None
     # Activations take turns: under PostgreSQL's READ COMMITTED, two of them at once would
     # each retire only the active row they saw and leave two active. Locking the (few)
-    # version rows first makes the second wait and then see the first one's result. They
-    # are locked in id order: in table order, updated rows move, so two waiting activations
-    # could take the locks in different orders and deadlock (seen in CI).
-    # (SQLite has a single writer already; SQLAlchemy leaves FOR UPDATE out there.)
-    db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
+    # version rows first makes the second wait and then see the first one's result.
+    _lock_versions()
     db.session.execute(
         db.update(ModelVersion).where(ModelVersion.status == "active").values(status="retired")
     )
@@ -325,7 +332,7 @@ def export_missing_onnx():
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             db.session.expire_all()
-            db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
+            _lock_versions()
             for row in versions_without_onnx():  # re-read under the locks: another process may have done it
                 keras_path = resolve_path(model_dir, row.file_path)
                 if not os.path.exists(keras_path):
