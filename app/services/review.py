@@ -36,10 +36,6 @@ ADMIN_LABELLED = "admin_labelled"  # the reason of a label an admin gave on an u
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-def _page_body(queue_name, items, page, per_page, total):
-    return page_body(items, page=page, per_page=per_page, total=total, queue=queue_name)
-
-
 def image_url(digest):
     return url_for("review.image", sha256=digest)
 
@@ -82,7 +78,8 @@ def quarantined(page, per_page):
     rows = db.session.execute(
         _feedback_rows(held).order_by(Feedback.id).limit(per_page).offset((page - 1) * per_page)
     ).all()
-    return _page_body("quarantined", [feedback_item(*row) for row in rows], page, per_page, total)
+    return page_body([feedback_item(*row) for row in rows], page=page, per_page=per_page, total=total,
+                     queue="quarantined")
 
 
 def _uncertain_filter():
@@ -98,7 +95,7 @@ def _uncertain_filter():
 def uncertain(page, per_page):
     where = _uncertain_filter()
     if where is None:
-        return _page_body("uncertain", [], page, per_page, 0)
+        return page_body([], page=page, per_page=per_page, total=0, queue="uncertain")
     total = db.session.scalar(db.select(func.count(Prediction.id)).where(where))
     rows = db.session.execute(
         db.select(Prediction, User.username)
@@ -121,7 +118,7 @@ def uncertain(page, per_page):
         }
         for prediction, username in rows
     ]
-    return _page_body("uncertain", items, page, per_page, total)
+    return page_body(items, page=page, per_page=per_page, total=total, queue="uncertain")
 
 
 QUEUES = {"quarantined": quarantined, "uncertain": uncertain}
