@@ -96,6 +96,19 @@ def list_own(user_id, page, per_page):
     return page_body([serialize(f) for f in rows], page=page, per_page=per_page, total=total)
 
 
+def error_counts(*by):
+    """Per group of the ``by`` columns: how many accepted labels there are on predictions and how
+    many of those predictions they call wrong (a quarantined or rejected label is not
+    believed, so it is no evidence that the model erred)."""
+    return (
+        db.select(*by, func.count(), func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)))
+        .select_from(Feedback)
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Feedback.status == "accepted")
+        .group_by(*by)
+    )
+
+
 def last_retrain_time():
     """When the last successful retrain started: feedback after that is new to the model."""
     return db.session.scalar(
@@ -116,18 +129,7 @@ def stats():
         per_status[status] = count
 
     per_version = {}
-    rows = db.session.execute(
-        db.select(
-            Prediction.model_version,
-            func.count(),
-            func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)),
-        )
-        .select_from(Feedback)
-        .join(Prediction, Feedback.prediction_id == Prediction.id)
-        .where(Feedback.status == "accepted")  # held or rejected labels are not believed: no error
-        .group_by(Prediction.model_version)
-    )
-    for version, count, wrong in rows:
+    for version, count, wrong in db.session.execute(error_counts(Prediction.model_version)):
         wrong = int(wrong or 0)
         per_version[version] = {"feedback": count, "wrong": wrong, "error_rate": round(wrong / count, 4)}
     uploads_only = db.session.scalar(db.select(func.count(Feedback.id)).where(Feedback.prediction_id.is_(None)))
