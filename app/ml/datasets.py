@@ -234,7 +234,8 @@ def _read_labels_csv(folder: Path) -> list[tuple[str, int]]:
 
 
 def read_image_folder(path) -> tuple[list[str], list[bytes], np.ndarray]:
-    """Like `load_image_folder` but also returns the file names, for error messages."""
+    """Read a folder of uploads with `labels.csv` (`file,label`) as file names, raw bytes and
+    labels, so the exact bytes a client would send can go through the serving preprocessing."""
     folder = Path(path)
     rows = _read_labels_csv(folder)
     names, blobs = [], []
@@ -245,13 +246,6 @@ def read_image_folder(path) -> tuple[list[str], list[bytes], np.ndarray]:
         names.append(name)
         blobs.append(f.read_bytes())
     return names, blobs, np.array([label for _, label in rows], dtype=np.uint8)
-
-
-def load_image_folder(path) -> tuple[list[bytes], np.ndarray]:
-    """Read a folder of uploads with `labels.csv` (`file,label`) as raw bytes + labels,
-    so the exact bytes a client would send can go through the serving preprocessing."""
-    _, blobs, labels = read_image_folder(path)
-    return blobs, labels
 
 
 def is_image_folder(path) -> bool:
