@@ -262,18 +262,15 @@ def run_job(job_id):
         promote = result.decision.passed or job.force
         _log_phase(job, "gated", "gate %s%s", "passed" if result.decision.passed else "failed",
                    " (forced)" if job.force and not result.decision.passed else "")
-        version = f"retrain-{job.id}"
         row = model_versions.save_version(
-            result.candidate, version, parent_version=live.version, metrics=metrics,
+            result.candidate, f"retrain-{job.id}", parent_version=live.version, metrics=metrics,
             status="candidate" if promote else "rejected",
             temperature=(result.metrics.get("calibration") or {}).get("temperature"),
         )
         if promote:
             # One commit: the new version goes live exactly when the job says it succeeded.
             model_versions.activate_version(row.version, commit=False)
-            _finish(job, "succeeded", metrics=metrics, model_version=row.version)
-        else:
-            _finish(job, "rejected", metrics=metrics, model_version=row.version)
+        _finish(job, "succeeded" if promote else "rejected", metrics=metrics, model_version=row.version)
     except Exception as exc:
         db.session.rollback()
         log.exception("retrain job %s failed", job_id)
