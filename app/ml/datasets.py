@@ -95,13 +95,8 @@ def _is_test_name(name: str) -> bool:
 def _load_mnist_dir(d: Path, split: str | None) -> tuple[np.ndarray, np.ndarray]:
     if split not in (None, "train", "test"):
         raise DatasetError(f"split must be None, 'train' or 'test', not {split!r}")
-
-    def keep(name: str) -> bool:
-        if split is None:
-            return True
-        return _is_test_name(name) == (split == "test")
-
-    files = sorted(f for f in d.iterdir() if f.is_file() and keep(f.name))
+    files = sorted(f for f in d.iterdir()
+                   if f.is_file() and (split is None or _is_test_name(f.name) == (split == "test")))
     npz = [f for f in files if f.suffix == ".npz"]
     images = [f for f in files if "images" in f.name and "idx3" in f.name]
     candidates = [(f, None) for f in npz] + [(f, _labels_for(f)) for f in images]

@@ -50,8 +50,7 @@ def stratified_holdout(y, fraction, seed):
 def split_replay(y_replay, holdout, seed=0):
     """A fixed split of the replay sample: the same held-out digits in every retrain."""
     holdout = min(holdout, len(y_replay) // 2)
-    train, held = stratified_holdout(y_replay, holdout / max(1, len(y_replay)), seed)
-    return train, held
+    return stratified_holdout(y_replay, holdout / max(1, len(y_replay)), seed)
 
 
 def trusted_holdout(y, accounts, trusted, fraction, seed, max_account_share, anchor_per_digit):
