@@ -120,13 +120,10 @@ def stats():
     """Counts per label, status and model version, and how often the live model was wrong
     (by the accepted labels: a quarantined or rejected one is not evidence of an error)."""
     total = db.session.scalar(db.select(func.count(Feedback.id)))
-    per_label = {str(d): 0 for d in range(10)}
-    for label, count in db.session.execute(db.select(Feedback.label, func.count()).group_by(Feedback.label)):
-        per_label[str(label)] = count
-
-    per_status = dict.fromkeys(FEEDBACK_STATUSES, 0)
-    for status, count in db.session.execute(db.select(Feedback.status, func.count()).group_by(Feedback.status)):
-        per_status[status] = count
+    labels = db.session.execute(db.select(Feedback.label, func.count()).group_by(Feedback.label))
+    per_label = {str(d): 0 for d in range(10)} | {str(label): count for label, count in labels}
+    statuses = db.session.execute(db.select(Feedback.status, func.count()).group_by(Feedback.status))
+    per_status = dict.fromkeys(FEEDBACK_STATUSES, 0) | dict(statuses.all())
 
     per_version = {}
     for version, count, wrong in db.session.execute(error_counts(Prediction.model_version)):
