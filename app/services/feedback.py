@@ -19,15 +19,20 @@ def _check_label(label):
     return label
 
 
+def get_prediction(prediction_id):
+    prediction = db.session.get(Prediction, prediction_id)
+    if prediction is None:
+        raise NotFound(f"prediction {prediction_id} not found", code="prediction_not_found")
+    return prediction
+
+
 def give_feedback(prediction_id, label, *, user_id, is_admin):
     """Label one of the caller's predictions (admins: any); again replaces the label.
 
     Returns ``(feedback, created)``.
     """
     label = _check_label(label)
-    prediction = db.session.get(Prediction, prediction_id)
-    if prediction is None:
-        raise NotFound(f"prediction {prediction_id} not found", code="prediction_not_found")
+    prediction = get_prediction(prediction_id)
     if prediction.user_id != user_id and not is_admin:
         raise Forbidden("you can only give feedback on your own predictions")
     feedback = prediction.feedback

@@ -25,6 +25,7 @@ from app.entities import Feedback, Prediction, StoredImage, User, utcnow
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.extensions import db
 from app.metrics import observe_feedback
+from app.services.feedback import get_prediction
 from app.services.model_versions import active_version
 from app.services.pagination import page_body
 
@@ -187,9 +188,7 @@ def label_prediction(prediction_id, label, *, admin_id):
 
     A prediction that already has feedback is a 409: review that feedback instead.
     """
-    prediction = db.session.get(Prediction, prediction_id)
-    if prediction is None:
-        raise NotFound(f"prediction {prediction_id} not found", code="prediction_not_found")
+    prediction = get_prediction(prediction_id)
     if prediction.feedback is not None:
         raise _already_labelled(prediction.feedback.id)
     now = utcnow()
