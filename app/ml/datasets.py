@@ -127,7 +127,7 @@ def _load_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as exc:  # zipfile/np errors: say which file
         raise DatasetError(f"{p}: unreadable .npz ({exc})") from exc
-    return _check_arrays(_to_uint8(x, p), y, p)
+    return check_arrays(_to_uint8(x, p), y, p)
 
 
 def _to_uint8(x: np.ndarray, where) -> np.ndarray:
@@ -145,7 +145,9 @@ def _to_uint8(x: np.ndarray, where) -> np.ndarray:
     raise DatasetError(f"{where}: unsupported pixel dtype {x.dtype}")
 
 
-def _check_arrays(x: np.ndarray, y: np.ndarray, where) -> tuple[np.ndarray, np.ndarray]:
+def check_arrays(x: np.ndarray, y: np.ndarray, where) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[n, 28, 28]`` (a trailing channel axis is dropped) and as many integer labels
+    0..9, else a ``DatasetError`` naming ``where``; returns them contiguous, labels uint8."""
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -197,7 +199,7 @@ def read_idx(p) -> np.ndarray:
 
 
 def _load_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
-    return _check_arrays(read_idx(images).copy(), read_idx(labels).copy(), images)
+    return check_arrays(read_idx(images).copy(), read_idx(labels).copy(), images)
 
 
 # --------------------------------------------------------------------------- image folders

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.ml.datasets import as_float_images, stratified_sample
+from app.ml.datasets import as_float_images, check_arrays, stratified_sample
 from app.ml.network import build_model
 
 Progress = Callable[[float], None] | None
@@ -45,17 +45,10 @@ BASE_AUGMENT = Augment()
 
 
 def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = as_float_images(x)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    y = np.asarray(y).astype(np.int32)
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise ValueError(f"images must be (n, 28, 28), got {x.shape}")
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"{len(x)} images and {len(y)} labels")
-    if y.min() < 0 or y.max() > 9:
-        raise ValueError("labels must be 0..9")
-    return x, y
+    x, y = check_arrays(as_float_images(x), y, "training data")
+    if len(x) == 0:
+        raise ValueError("no samples to train on")
+    return x, y.astype(np.int32)
 
 
 def random_affine(images: tf.Tensor, seed: tf.Tensor, aug: Augment) -> tf.Tensor:
