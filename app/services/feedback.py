@@ -114,13 +114,6 @@ def error_counts(*by):
     )
 
 
-def last_retrain_time():
-    """When the last successful retrain started: feedback after that is new to the model."""
-    return db.session.scalar(
-        db.select(func.max(RetrainJob.started_at)).where(RetrainJob.status == "succeeded")
-    )
-
-
 def stats():
     """Counts per label, status and model version, and how often the live model was wrong
     (by the accepted labels: a quarantined or rejected one is not evidence of an error)."""
@@ -140,7 +133,8 @@ def stats():
 
     live = ensure_active_version()
     live_stats = per_version.get(live.version) if live else None
-    since = last_retrain_time()
+    # When the last successful retrain started: feedback after that is new to the model.
+    since = db.session.scalar(db.select(func.max(RetrainJob.started_at)).where(RetrainJob.status == "succeeded"))
     new = db.session.scalar(
         db.select(func.count(Feedback.id)).where(Feedback.updated_at > since) if since else db.select(func.count(Feedback.id))
     )

@@ -24,10 +24,6 @@ log = logging.getLogger(__name__)
 ACTIVE_SLOT = 1
 
 
-def runner_id():
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def job_body(job):
     duration = None
     if job.started_at and job.finished_at:
@@ -214,7 +210,7 @@ def run_job(job_id):
         return
     config = current_app.config
     live = model_versions.ensure_active_version()
-    _update(job, status="running", started_at=utcnow(), runner=runner_id(), progress=0.0,
+    _update(job, status="running", started_at=utcnow(), runner=f"{socket.gethostname()}:{os.getpid()}", progress=0.0,
             base_version=live.version if live else None)
     _log_phase(job, "started", "from %s", live.version if live else None)
     try:

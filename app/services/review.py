@@ -122,11 +122,8 @@ def uncertain(page, per_page):
     return page_body(items, page=page, per_page=per_page, total=total, queue="uncertain")
 
 
-QUEUES = {"quarantined": quarantined, "uncertain": uncertain}
-
-
 def queue(name, page, per_page):
-    return QUEUES[name](page, per_page)
+    return {"quarantined": quarantined, "uncertain": uncertain}[name](page, per_page)
 
 
 # --- decisions ----------------------------------------------------------------------------
