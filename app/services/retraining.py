@@ -186,19 +186,11 @@ def _update(job, **values):
     db.session.commit()
 
 
-def _finish(job, status, *, error=None, metrics=None, model_version=None):
-    job.status = status
-    job.finished_at = utcnow()
-    job.active_slot = None  # frees the slot: the next job may start
+def _finish(job, status, **values):
     if status in ("succeeded", "rejected"):
-        job.progress = 1.0
-    if error is not None:
-        job.error = error
-    if metrics is not None:
-        job.metrics = metrics
-    if model_version is not None:
-        job.model_version = model_version
-    db.session.commit()
+        values["progress"] = 1.0
+    # active_slot=None frees the slot: the next job may start.
+    _update(job, status=status, finished_at=utcnow(), active_slot=None, **values)
 
 
 def run_job(job_id):
