@@ -121,10 +121,9 @@ def get_user(user_id):
     return user
 
 
-def purge_expired_revocations(now=None, limit=None):
+def purge_expired_revocations(limit=None):
     """Drop blocklist rows for tokens that have expired anyway (at most ``limit``); returns how many."""
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
-    expired = db.select(RevokedToken.id).where(RevokedToken.expires_at < now)
+    expired = db.select(RevokedToken.id).where(RevokedToken.expires_at < datetime.now(timezone.utc).replace(tzinfo=None))
     if limit is not None:
         expired = expired.limit(limit)
     result = db.session.execute(db.delete(RevokedToken).where(RevokedToken.id.in_(expired)))
