@@ -7,7 +7,7 @@ from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
 from sqlalchemy.exc import IntegrityError
 
-from app.entities import RevokedToken, User
+from app.entities import RevokedToken, User, utcnow
 from app.errors import Conflict, NotFound, Unauthorized
 from app.extensions import bcrypt, db
 
@@ -123,7 +123,7 @@ def get_user(user_id):
 
 def purge_expired_revocations(limit=None):
     """Drop blocklist rows for tokens that have expired anyway (at most ``limit``); returns how many."""
-    expired = db.select(RevokedToken.id).where(RevokedToken.expires_at < datetime.now(timezone.utc).replace(tzinfo=None))
+    expired = db.select(RevokedToken.id).where(RevokedToken.expires_at < utcnow())
     if limit is not None:
         expired = expired.limit(limit)
     result = db.session.execute(db.delete(RevokedToken).where(RevokedToken.id.in_(expired)))
