@@ -16,16 +16,17 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-def resolve_path(model_dir, file_path):
-    """Stored paths are relative to MODEL_DIR so that the folder can move between hosts."""
-    return file_path if os.path.isabs(file_path) else os.path.join(model_dir, file_path)
+def keras_path(row):
+    """The version's .keras file. Stored paths are relative to MODEL_DIR so that the folder can
+    move between hosts (``os.path.join`` keeps an absolute one as it is)."""
+    return os.path.join(current_app.config["MODEL_DIR"], row.file_path)
 
 
 def onnx_path(row):
     """The version's ONNX export: beside its .keras file, same stem."""
     from app.ml.onnx_model import onnx_path_for
 
-    return onnx_path_for(resolve_path(current_app.config["MODEL_DIR"], row.file_path))
+    return onnx_path_for(keras_path(row))
 
 
 def load_onnx(row, **options):
@@ -275,7 +276,7 @@ def activate_version(version, *, commit=True):
         return row
     from app.ml.onnx_model import sha256_file
 
-    files = [(resolve_path(current_app.config["MODEL_DIR"], row.file_path), row.sha256),
+    files = [(keras_path(row), row.sha256),
              (onnx_path(row), row.onnx_sha256)]
     for path, recorded in files:
         if recorded is None or not os.path.exists(path):
@@ -326,22 +327,21 @@ def export_missing_onnx():
         return []
     from app.ml.artifacts import export_onnx_atomic
 
-    model_dir = current_app.config["MODEL_DIR"]
     done = []
-    with open(os.path.join(model_dir, ".onnx-export.lock"), "a") as lock:
+    with open(os.path.join(current_app.config["MODEL_DIR"], ".onnx-export.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             db.session.expire_all()
             _lock_versions()
             for row in versions_without_onnx():  # re-read under the locks: another process may have done it
-                keras_path = resolve_path(model_dir, row.file_path)
-                if not os.path.exists(keras_path):
-                    log.error("model version %s: %s is missing, cannot export it to ONNX", row.version, keras_path)
+                path = keras_path(row)
+                if not os.path.exists(path):
+                    log.error("model version %s: %s is missing, cannot export it to ONNX", row.version, path)
                     continue
                 log.warning("exporting model version %s to ONNX (loads TensorFlow into process %d)",
                             row.version, os.getpid())
                 try:
-                    _path, row.onnx_sha256 = export_onnx_atomic(keras_path)
+                    _path, row.onnx_sha256 = export_onnx_atomic(path)
                 except Exception:  # one bad file must not keep the others from serving
                     log.exception("could not export model version %s to ONNX", row.version)
                     continue

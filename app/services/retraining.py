@@ -217,7 +217,7 @@ def run_job(job_id):
         configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
         if live is None:
             raise RuntimeError("no active model to retrain from")
-        live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
+        live_path = model_versions.keras_path(live)
         x_replay, y_replay, replay_holdout = load_replay(config["MODEL_DIR"])
         # Whose labels to believe is decided before anything trains on them.
         feedback, assessment, changes = trust.assess(live)

@@ -99,14 +99,14 @@ def assess(live, *, apply=True):
     from app.ml import trust
     from app.ml.network import probabilities_and_embeddings
     from app.ml.training import configure_tensorflow
-    from app.services.model_versions import resolve_path
+    from app.services.model_versions import keras_path
 
     config = current_app.config
     configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
     feedback = load_feedback()
     rules = trust.TrustRules.from_config(config)
     if len(feedback):
-        model = keras.models.load_model(resolve_path(config["MODEL_DIR"], live.file_path), compile=False)
+        model = keras.models.load_model(keras_path(live), compile=False)
         probs, embeddings = probabilities_and_embeddings(model, feedback.x)
     else:
         probs, embeddings = np.zeros((0, 10)), np.zeros((0, 1))
