@@ -202,9 +202,9 @@ def run_job(job_id):
         return
     config = current_app.config
     live = model_versions.ensure_active_version()
-    _update(job, status="running", started_at=utcnow(), runner=f"{socket.gethostname()}:{os.getpid()}", progress=0.0,
-            base_version=live.version if live else None)
-    _log_phase(job, "started", "from %s", live.version if live else None)
+    _update(job, status="running", started_at=utcnow(), runner=f"{socket.gethostname()}:{os.getpid()}",
+            progress=0.0, base_version=live.version if live else None)
+    _log_phase(job, "started", "from %s", job.base_version)
     try:
         # From here this process holds TensorFlow (training, the ONNX export), whether it is
         # an RQ worker, the CLI, or a web worker running a thread-backend job: that worker
@@ -217,7 +217,6 @@ def run_job(job_id):
         configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
         if live is None:
             raise RuntimeError("no active model to retrain from")
-        live_path = model_versions.keras_path(live)
         x_replay, y_replay, replay_holdout = load_replay(config["MODEL_DIR"])
         # Whose labels to believe is decided before anything trains on them.
         feedback, assessment, changes = trust.assess(live)
@@ -235,7 +234,7 @@ def run_job(job_id):
             _update(job, progress=round(min(fraction, 0.99), 4))
 
         result = run_retrain(
-            live_path, x, y, x_replay, y_replay,
+            model_versions.keras_path(live), x, y, x_replay, y_replay,
             epochs=config["RETRAIN_EPOCHS"], seed=config["RETRAIN_SEED"],
             max_regression_points=config["RETRAIN_MAX_REGRESSION"],
             from_scratch=config["RETRAIN_FROM_SCRATCH"], replay_holdout=replay_holdout, progress=progress,
