@@ -150,15 +150,10 @@ def assess_feedback(dry_run):
     """Score every account's labels against the live model and the other accounts (the
     trust rules a retrain applies first); quarantine outliers, release the cleared.
     Prints one JSON object per account with the numbers behind its verdict."""
-    from app.ml.training import configure_tensorflow  # TensorFlow: only for this command
-
     live = model_versions.ensure_active_version()
     if live is None:
         raise click.ClickException("no active model to judge feedback with")
-    configure_tensorflow(current_app.config["TF_INTRA_OP_THREADS"], current_app.config["TF_INTER_OP_THREADS"])
-    feedback = trust.load_feedback()
-    assessment, changes = trust.assess(
-        feedback, model_versions.resolve_path(current_app.config["MODEL_DIR"], live.file_path), apply=not dry_run)
+    feedback, assessment, changes = trust.assess(live, apply=not dry_run)
     for account, verdict in sorted(assessment.accounts.items()):
         click.echo(json.dumps({"user_id": None if account == trust.DELETED_ACCOUNT else account,
                                "username": feedback.usernames.get(account), **verdict.as_dict()}))

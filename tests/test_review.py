@@ -104,10 +104,10 @@ def snapshot(app):
 
 def training_labels(app):
     """The labels the next retrain may learn from (accepted), read the way the job reads them."""
-    from app.services.retraining import load_training_data
+    from app.services.trust import load_feedback
 
     with app.app_context():
-        feedback = load_training_data()[0]
+        feedback = load_feedback()
         return sorted(feedback.labels[feedback.status == "accepted"].tolist())
 
 

@@ -60,16 +60,17 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _log_softmax(z):
+def _nll(logits, y, temperature) -> float:
+    z = logits / temperature
     z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean())
 
 
 def nll(probs, y, temperature=1.0) -> float:
     """Mean negative log-likelihood of the labels ``y`` under ``softmax(log(probs) / temperature)``."""
     logits = np.log(np.maximum(np.asarray(probs, dtype=np.float64), _EPS))
-    y = np.asarray(y, dtype=np.int64)
-    return float(-_log_softmax(logits / temperature)[np.arange(len(y)), y].mean())
+    return _nll(logits, np.asarray(y, dtype=np.int64), temperature)
 
 
 def fit_temperature(probs, y, *, tolerance=1e-4) -> float:
@@ -83,10 +84,9 @@ def fit_temperature(probs, y, *, tolerance=1e-4) -> float:
     if probs.ndim != 2 or len(probs) != len(y) or len(y) == 0:
         raise ValueError(f"need probabilities (n, k) and n labels, got {probs.shape} and {y.shape}")
     logits = np.log(np.maximum(probs, _EPS))
-    rows = np.arange(len(y))
 
     def loss(log_t):
-        return -_log_softmax(logits / math.exp(log_t))[rows, y].mean()
+        return _nll(logits, y, math.exp(log_t))
 
     lo, hi = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
     ratio = (math.sqrt(5) - 1) / 2
@@ -152,20 +152,15 @@ def calibrate(probs, y, bins=ECE_BINS) -> dict:
     }
 
 
-def shipped_holdout(model_dir):
-    """The shipped model folder's gate hold-out digits (float images, labels)."""
+def calibrate_on_holdout(model, model_dir) -> dict:
+    """Fit ``model``'s (an ``OnnxModel``) temperature on the model folder's gate hold-out,
+    from the graph's own probabilities whatever temperature it is served with now."""
     from app.ml.datasets import as_float_images, load_replay
 
     holdout = load_replay(model_dir)[2]
     if holdout is None:
         raise ValueError(f"{model_dir}/replay.npz has no hold-out digits (x_holdout, y_holdout) to calibrate on")
-    return as_float_images(holdout[0]), np.asarray(holdout[1], dtype=np.int64)
-
-
-def calibrate_on_holdout(model, model_dir) -> dict:
-    """Fit ``model``'s (an ``OnnxModel``) temperature on the model folder's gate hold-out,
-    from the graph's own probabilities whatever temperature it is served with now."""
-    x, y = shipped_holdout(model_dir)
+    x, y = as_float_images(holdout[0]), np.asarray(holdout[1], dtype=np.int64)
     return {**calibrate(model.raw_predict(x), y), "fitted_on": "replay.npz gate hold-out"}
 
 

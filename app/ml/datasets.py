@@ -95,13 +95,8 @@ def _is_test_name(name: str) -> bool:
 def _load_mnist_dir(d: Path, split: str | None) -> tuple[np.ndarray, np.ndarray]:
     if split not in (None, "train", "test"):
         raise DatasetError(f"split must be None, 'train' or 'test', not {split!r}")
-
-    def keep(name: str) -> bool:
-        if split is None:
-            return True
-        return _is_test_name(name) == (split == "test")
-
-    files = sorted(f for f in d.iterdir() if f.is_file() and keep(f.name))
+    files = sorted(f for f in d.iterdir()
+                   if f.is_file() and (split is None or _is_test_name(f.name) == (split == "test")))
     npz = [f for f in files if f.suffix == ".npz"]
     images = [f for f in files if "images" in f.name and "idx3" in f.name]
     candidates = [(f, None) for f in npz] + [(f, _labels_for(f)) for f in images]
@@ -132,7 +127,7 @@ def _load_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as exc:  # zipfile/np errors: say which file
         raise DatasetError(f"{p}: unreadable .npz ({exc})") from exc
-    return _check_arrays(_to_uint8(x, p), y, p)
+    return check_arrays(_to_uint8(x, p), y, p)
 
 
 def _to_uint8(x: np.ndarray, where) -> np.ndarray:
@@ -150,7 +145,9 @@ def _to_uint8(x: np.ndarray, where) -> np.ndarray:
     raise DatasetError(f"{where}: unsupported pixel dtype {x.dtype}")
 
 
-def _check_arrays(x: np.ndarray, y: np.ndarray, where) -> tuple[np.ndarray, np.ndarray]:
+def check_arrays(x: np.ndarray, y: np.ndarray, where) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[n, 28, 28]`` (a trailing channel axis is dropped) and as many integer labels
+    0..9, else a ``DatasetError`` naming ``where``; returns them contiguous, labels uint8."""
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -202,7 +199,7 @@ def read_idx(p) -> np.ndarray:
 
 
 def _load_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
-    return _check_arrays(read_idx(images).copy(), read_idx(labels).copy(), images)
+    return check_arrays(read_idx(images).copy(), read_idx(labels).copy(), images)
 
 
 # --------------------------------------------------------------------------- image folders
@@ -234,7 +231,8 @@ def _read_labels_csv(folder: Path) -> list[tuple[str, int]]:
 
 
 def read_image_folder(path) -> tuple[list[str], list[bytes], np.ndarray]:
-    """Like `load_image_folder` but also returns the file names, for error messages."""
+    """Read a folder of uploads with `labels.csv` (`file,label`) as file names, raw bytes and
+    labels, so the exact bytes a client would send can go through the serving preprocessing."""
     folder = Path(path)
     rows = _read_labels_csv(folder)
     names, blobs = [], []
@@ -245,13 +243,6 @@ def read_image_folder(path) -> tuple[list[str], list[bytes], np.ndarray]:
         names.append(name)
         blobs.append(f.read_bytes())
     return names, blobs, np.array([label for _, label in rows], dtype=np.uint8)
-
-
-def load_image_folder(path) -> tuple[list[bytes], np.ndarray]:
-    """Read a folder of uploads with `labels.csv` (`file,label`) as raw bytes + labels,
-    so the exact bytes a client would send can go through the serving preprocessing."""
-    _, blobs, labels = read_image_folder(path)
-    return blobs, labels
 
 
 def is_image_folder(path) -> bool:

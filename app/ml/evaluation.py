@@ -9,11 +9,16 @@ import numpy as np
 from app.ml.datasets import as_float_images
 
 
+def probabilities(predict_fn: Callable[[np.ndarray], np.ndarray], x, batch_size: int = 256) -> np.ndarray:
+    """``predict_fn``'s probabilities for images (n, 28, 28), uint8 or float, ``batch_size`` at a time."""
+    x = as_float_images(x)
+    out = [np.asarray(predict_fn(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+
 def predictions(predict_fn: Callable[[np.ndarray], np.ndarray], x, batch_size: int = 256) -> np.ndarray:
     """Predicted digits for images (n, 28, 28), uint8 or float, ``batch_size`` at a time."""
-    x = as_float_images(x)
-    out = [np.argmax(np.asarray(predict_fn(x[i:i + batch_size])), axis=1) for i in range(0, len(x), batch_size)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    return np.argmax(probabilities(predict_fn, x, batch_size), axis=1)
 
 
 def accuracy(predict_fn: Callable[[np.ndarray], np.ndarray], x, y, batch_size: int = 256) -> float:

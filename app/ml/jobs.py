@@ -16,7 +16,7 @@ import numpy as np
 from app.ml import gate
 from app.ml.calibration import calibrate
 from app.ml.datasets import as_float_images, stratified_sample
-from app.ml.evaluation import predictions
+from app.ml.evaluation import probabilities
 from app.ml.training import fine_tune
 from app.ml.trust import ADMIN_VOTER, cap_account_shares
 
@@ -51,8 +51,7 @@ def stratified_holdout(y, fraction, seed):
 def split_replay(y_replay, holdout, seed=0):
     """A fixed split of the replay sample: the same held-out digits in every retrain."""
     holdout = min(holdout, len(y_replay) // 2)
-    train, held = stratified_holdout(y_replay, holdout / max(1, len(y_replay)), seed)
-    return train, held
+    return stratified_holdout(y_replay, holdout / max(1, len(y_replay)), seed)
 
 
 def trusted_holdout(y, accounts, trusted, fraction, seed, max_account_share, anchor_per_digit):
@@ -73,13 +72,10 @@ def trusted_holdout(y, accounts, trusted, fraction, seed, max_account_share, anc
     return train, hold
 
 
-def _model_predict_fn(model):
-    """Direct calls in batches: fast on CPU and never touches a serving object."""
-
-    def predict(batch):
-        return np.asarray(model(batch, training=False))
-
-    return predict
+def outputs(model, images):
+    """``{set name: probabilities}`` of a Keras model on each set of ``images`` (``{set name:
+    x}``), by direct calls in batches: fast on CPU and never touching a serving object."""
+    return {name: probabilities(lambda batch: model(batch, training=False), x) for name, x in images.items()}
 
 
 def run_retrain(
@@ -144,15 +140,17 @@ def run_retrain(
     train_seconds = time.perf_counter() - started
 
     live = keras.models.load_model(live_model_path, compile=False)
-    sets = {"feedback_holdout": (x_feedback[fb_hold], y_feedback[fb_hold]),
-            "replay_holdout": (x_rp_hold, y_rp_hold)}
-    scores, digits, decision = judge(live, candidate, sets, max_regression_points, max_class_regression_points)
+    x_held = {"feedback_holdout": x_feedback[fb_hold], "replay_holdout": x_rp_hold}
+    y_held = {"feedback_holdout": y_feedback[fb_hold], "replay_holdout": y_rp_hold}
+    candidate_out = outputs(candidate, x_held)
+    scores, digits, decision = judge(outputs(live, x_held), candidate_out, y_held, max_regression_points,
+                                     max_class_regression_points)
     # The candidate's temperature is fitted on the replay hold-out alone: MNIST digits no model
     # trained on, with labels no account can poison, and enough of them (1,000 shipped) for a
     # stable fit; held-out feedback is small and carries whatever labels users gave. The fit
     # carries over to users' uploads (bench/calibration.py), and a temperature never changes a
     # prediction, so the gate's accuracies on the same digits are unaffected.
-    calibration = calibrate(_model_predict_fn(candidate)(x_rp_hold), y_rp_hold) if len(y_rp_hold) else None
+    calibration = calibrate(candidate_out["replay_holdout"], y_rp_hold) if len(y_rp_hold) else None
     report(0.97)
     metrics = {
         **scores,
@@ -173,20 +171,18 @@ def run_retrain(
     return RetrainResult(candidate=candidate, decision=decision, metrics=metrics)
 
 
-def judge(live, candidate, sets, max_regression_points, max_class_regression_points=None):
-    """Both models on the same held-out sets (``{"feedback_holdout": (x, y), "replay_holdout":
-    (x, y)}``): accuracies per set, the per-digit comparison over both sets together (None
-    without ``max_class_regression_points``) and the gate's decision."""
-    scores = {"live": {}, "candidate": {}}
-    predicted = {"live": [], "candidate": []}
-    for name, model in (("live", live), ("candidate", candidate)):
-        for set_name, (x, y) in sets.items():
-            guess = predictions(_model_predict_fn(model), x) if len(y) else np.zeros(0, np.int64)
-            predicted[name].append(guess)
-            scores[name][f"{set_name}_accuracy"] = float(np.mean(guess == y)) if len(y) else None
+def judge(live, candidate, labels, max_regression_points, max_class_regression_points=None):
+    """The gate on both models' ``outputs`` on the same held-out sets (``labels``: ``{"feedback_holdout":
+    y, "replay_holdout": y}``): accuracies per set, the per-digit comparison over both sets
+    together (None without ``max_class_regression_points``) and the gate's decision."""
+    scores, predicted = {}, {}
+    for name, probs in (("live", live), ("candidate", candidate)):
+        predicted[name] = [np.argmax(probs[set_name], axis=1) for set_name in labels]
+        scores[name] = {f"{set_name}_accuracy": float(np.mean(guess == y)) if len(y) else None
+                        for guess, (set_name, y) in zip(predicted[name], labels.items())}
     digits = None
     if max_class_regression_points is not None:
-        y_gate = np.concatenate([np.asarray(y) for _, y in sets.values()])
+        y_gate = np.concatenate([np.asarray(y) for y in labels.values()])
         digits = gate.per_digit(y_gate, np.concatenate(predicted["live"]), np.concatenate(predicted["candidate"]),
                                 max_class_regression_points)
     return scores, digits, gate.decide(scores["live"], scores["candidate"], max_regression_points, digits)

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.ml.datasets import as_float_images, stratified_sample
+from app.ml.datasets import as_float_images, check_arrays, stratified_sample
 from app.ml.network import build_model
 
 Progress = Callable[[float], None] | None
@@ -45,17 +45,10 @@ BASE_AUGMENT = Augment()
 
 
 def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = as_float_images(x)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    y = np.asarray(y).astype(np.int32)
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise ValueError(f"images must be (n, 28, 28), got {x.shape}")
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"{len(x)} images and {len(y)} labels")
-    if y.min() < 0 or y.max() > 9:
-        raise ValueError("labels must be 0..9")
-    return x, y
+    x, y = check_arrays(as_float_images(x), y, "training data")
+    if len(x) == 0:
+        raise ValueError("no samples to train on")
+    return x, y.astype(np.int32)
 
 
 def random_affine(images: tf.Tensor, seed: tf.Tensor, aug: Augment) -> tf.Tensor:
@@ -111,17 +104,6 @@ def make_dataset(
     return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
 
 
-class _ProgressCallback(keras.callbacks.Callback):
-    """Report the fraction of epochs done after each epoch (1.0 after the last)."""
-
-    def __init__(self, progress, epochs: int):
-        super().__init__()
-        self._progress, self._epochs = progress, epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._progress(min(1.0, (epoch + 1) / self._epochs))
-
-
 def _schedule(peak_lr: float, total_steps: int, warmup_frac: float):
     """One-cycle-like: linear warm-up to `peak_lr`, cosine decay to ~0."""
     warmup = max(0, int(total_steps * warmup_frac))
@@ -134,26 +116,23 @@ def _schedule(peak_lr: float, total_steps: int, warmup_frac: float):
     )
 
 
-def _compile(model: keras.Model, schedule, label_smoothing: float, weight_decay: float):
-    # Sparse CE has no label smoothing in Keras 3, so labels are one-hot (see `_fit`).
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-
-
 def _fit(model, x, y, *, epochs, batch_size, seed, aug, peak_lr,
          warmup_frac, label_smoothing, weight_decay, progress, verbose):
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
     steps = math.ceil(len(x) / batch_size)
-    _compile(model, _schedule(peak_lr, steps * epochs, warmup_frac), label_smoothing,
-             weight_decay)
+    # Sparse CE has no label smoothing in Keras 3, so labels are one-hot.
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=_schedule(peak_lr, steps * epochs, warmup_frac),
+                                         weight_decay=weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
     ds = make_dataset(x, y, batch_size=batch_size, epochs=epochs, seed=seed, aug=aug)
     ds = ds.map(lambda xb, yb: (xb, tf.one_hot(yb, 10)))
-    callbacks = [_ProgressCallback(progress, epochs)] if progress else []
-    model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+    # The fraction of epochs done, after each epoch (1.0 after the last).
+    report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, _logs: progress((epoch + 1) / epochs))
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=[report] if progress else [],
               verbose=verbose)
     return model
 
@@ -192,7 +171,6 @@ def train_base(
 FT_REPLAY_RATIO = 2.0  # replay digits per feedback sample in every epoch
 FT_PEAK_LR = 5e-4  # ~1/6 of the base model's peak: nudge, don't re-learn
 FT_AUGMENT_SCALE = 0.6  # gentler warp; the feedback is augmented, replay is too
-FT_FREEZE_BN = True  # keep BatchNorm statistics of the base model (MNIST's)
 
 
 def fine_tune(
@@ -234,10 +212,9 @@ def fine_tune(
     y = np.concatenate([y_new, y_replay[idx]])
 
     model = keras.models.load_model(model_path, compile=False)
-    if FT_FREEZE_BN:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False  # Keras 3: also runs it in inference mode
+    for layer in model.layers:  # keep the base model's (MNIST's) BatchNorm statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # Keras 3: also runs it in inference mode
     return _fit(model, x, y, epochs=epochs, batch_size=batch_size, seed=seed,
                 aug=BASE_AUGMENT.scaled(FT_AUGMENT_SCALE), peak_lr=peak_lr, warmup_frac=0.1,
                 label_smoothing=0.1, weight_decay=1e-4, progress=progress, verbose=verbose)

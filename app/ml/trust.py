@@ -127,19 +127,16 @@ def assess(labels, accounts, probs, embeddings, trusted, rules: TrustRules = Tru
     accounts = np.asarray(accounts, dtype=np.int64)
     trusted = np.asarray(trusted, dtype=bool)
     probs = np.asarray(probs, dtype=np.float64)
-    n = len(labels)
-    predicted = probs.argmax(axis=1) if n else np.zeros(0, np.int64)
-    confidence = probs.max(axis=1) if n else np.zeros(0)
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     voters = np.where(trusted, ADMIN_VOTER, accounts)
-    votes = peer_votes(embeddings, voters, labels, rules.neighbour_similarity, {ADMIN_VOTER: float(ADMIN_VOTES)}) \
-        if n else np.zeros((0, NUM_CLASSES))
+    votes = peer_votes(embeddings, voters, labels, rules.neighbour_similarity, {ADMIN_VOTER: float(ADMIN_VOTES)})
 
-    idx = np.arange(n)
+    idx = np.arange(len(labels))
     confident = confidence >= rules.model_confidence
     model_against = confident & (predicted != labels)
     for_label, for_model = votes[idx, labels], votes[idx, predicted]
     total = votes.sum(axis=1)
-    top = votes.argmax(axis=1) if n else np.zeros(0, np.int64)
+    top = votes.argmax(axis=1)
     peers_against = ((total >= 2) & (top != labels) & (votes[idx, top] * 3 >= 2 * total)
                      & ~(confident & (predicted == labels)))
     unsupported = (model_against & (for_label <= for_model + MODEL_VOTES)) | peers_against

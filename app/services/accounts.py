@@ -7,7 +7,7 @@ from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
 from sqlalchemy.exc import IntegrityError
 
-from app.entities import RevokedToken, User
+from app.entities import RevokedToken, User, utcnow
 from app.errors import Conflict, NotFound, Unauthorized
 from app.extensions import bcrypt, db
 
@@ -58,13 +58,13 @@ def _dummy_hash(rounds):
     return bcrypt.generate_password_hash("not-a-real-password", rounds).decode("utf-8")
 
 
+def _access_token(user):
+    """The role rides in a claim so role checks need no lookup."""
+    return create_access_token(identity=str(user.id), additional_claims={"role": user.role})
+
+
 def issue_tokens(user):
-    """Access and refresh tokens; the role rides in a claim so role checks need no lookup."""
-    claims = {"role": user.role}
-    return {
-        "access_token": create_access_token(identity=str(user.id), additional_claims=claims),
-        "refresh_token": create_refresh_token(identity=str(user.id)),
-    }
+    return {"access_token": _access_token(user), "refresh_token": create_refresh_token(identity=str(user.id))}
 
 
 def refresh_access_token(user_id):
@@ -72,7 +72,7 @@ def refresh_access_token(user_id):
     user = db.session.get(User, int(user_id))
     if user is None or not user.active:
         raise Unauthorized("account is no longer active", code="account_inactive")
-    return create_access_token(identity=str(user.id), additional_claims={"role": user.role})
+    return _access_token(user)
 
 
 # Expired blocklist rows removed by each revocation.
@@ -121,10 +121,9 @@ def get_user(user_id):
     return user
 
 
-def purge_expired_revocations(now=None, limit=None):
+def purge_expired_revocations(limit=None):
     """Drop blocklist rows for tokens that have expired anyway (at most ``limit``); returns how many."""
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
-    expired = db.select(RevokedToken.id).where(RevokedToken.expires_at < now)
+    expired = db.select(RevokedToken.id).where(RevokedToken.expires_at < utcnow())
     if limit is not None:
         expired = expired.limit(limit)
     result = db.session.execute(db.delete(RevokedToken).where(RevokedToken.id.in_(expired)))

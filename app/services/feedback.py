@@ -19,15 +19,20 @@ def _check_label(label):
     return label
 
 
+def get_prediction(prediction_id):
+    prediction = db.session.get(Prediction, prediction_id)
+    if prediction is None:
+        raise NotFound(f"prediction {prediction_id} not found", code="prediction_not_found")
+    return prediction
+
+
 def give_feedback(prediction_id, label, *, user_id, is_admin):
     """Label one of the caller's predictions (admins: any); again replaces the label.
 
     Returns ``(feedback, created)``.
     """
     label = _check_label(label)
-    prediction = db.session.get(Prediction, prediction_id)
-    if prediction is None:
-        raise NotFound(f"prediction {prediction_id} not found", code="prediction_not_found")
+    prediction = get_prediction(prediction_id)
     if prediction.user_id != user_id and not is_admin:
         raise Forbidden("you can only give feedback on your own predictions")
     feedback = prediction.feedback
@@ -96,10 +101,16 @@ def list_own(user_id, page, per_page):
     return page_body([serialize(f) for f in rows], page=page, per_page=per_page, total=total)
 
 
-def last_retrain_time():
-    """When the last successful retrain started: feedback after that is new to the model."""
-    return db.session.scalar(
-        db.select(func.max(RetrainJob.started_at)).where(RetrainJob.status == "succeeded")
+def error_counts(*by):
+    """Per group of the ``by`` columns: how many accepted labels there are on predictions and how
+    many of those predictions they call wrong (a quarantined or rejected label is not
+    believed, so it is no evidence that the model erred)."""
+    return (
+        db.select(*by, func.count(), func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)))
+        .select_from(Feedback)
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Feedback.status == "accepted")
+        .group_by(*by)
     )
 
 
@@ -107,27 +118,13 @@ def stats():
     """Counts per label, status and model version, and how often the live model was wrong
     (by the accepted labels: a quarantined or rejected one is not evidence of an error)."""
     total = db.session.scalar(db.select(func.count(Feedback.id)))
-    per_label = {str(d): 0 for d in range(10)}
-    for label, count in db.session.execute(db.select(Feedback.label, func.count()).group_by(Feedback.label)):
-        per_label[str(label)] = count
-
-    per_status = dict.fromkeys(FEEDBACK_STATUSES, 0)
-    for status, count in db.session.execute(db.select(Feedback.status, func.count()).group_by(Feedback.status)):
-        per_status[status] = count
+    labels = db.session.execute(db.select(Feedback.label, func.count()).group_by(Feedback.label))
+    per_label = {str(d): 0 for d in range(10)} | {str(label): count for label, count in labels}
+    statuses = db.session.execute(db.select(Feedback.status, func.count()).group_by(Feedback.status))
+    per_status = dict.fromkeys(FEEDBACK_STATUSES, 0) | dict(statuses.all())
 
     per_version = {}
-    rows = db.session.execute(
-        db.select(
-            Prediction.model_version,
-            func.count(),
-            func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)),
-        )
-        .select_from(Feedback)
-        .join(Prediction, Feedback.prediction_id == Prediction.id)
-        .where(Feedback.status == "accepted")  # held or rejected labels are not believed: no error
-        .group_by(Prediction.model_version)
-    )
-    for version, count, wrong in rows:
+    for version, count, wrong in db.session.execute(error_counts(Prediction.model_version)):
         wrong = int(wrong or 0)
         per_version[version] = {"feedback": count, "wrong": wrong, "error_rate": round(wrong / count, 4)}
     uploads_only = db.session.scalar(db.select(func.count(Feedback.id)).where(Feedback.prediction_id.is_(None)))
@@ -136,7 +133,8 @@ def stats():
 
     live = ensure_active_version()
     live_stats = per_version.get(live.version) if live else None
-    since = last_retrain_time()
+    # When the last successful retrain started: feedback after that is new to the model.
+    since = db.session.scalar(db.select(func.max(RetrainJob.started_at)).where(RetrainJob.status == "succeeded"))
     new = db.session.scalar(
         db.select(func.count(Feedback.id)).where(Feedback.updated_at > since) if since else db.select(func.count(Feedback.id))
     )

@@ -16,16 +16,17 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-def resolve_path(model_dir, file_path):
-    """Stored paths are relative to MODEL_DIR so that the folder can move between hosts."""
-    return file_path if os.path.isabs(file_path) else os.path.join(model_dir, file_path)
+def keras_path(row):
+    """The version's .keras file. Stored paths are relative to MODEL_DIR so that the folder can
+    move between hosts (``os.path.join`` keeps an absolute one as it is)."""
+    return os.path.join(current_app.config["MODEL_DIR"], row.file_path)
 
 
 def onnx_path(row):
     """The version's ONNX export: beside its .keras file, same stem."""
     from app.ml.onnx_model import onnx_path_for
 
-    return onnx_path_for(resolve_path(current_app.config["MODEL_DIR"], row.file_path))
+    return onnx_path_for(keras_path(row))
 
 
 def load_onnx(row, **options):
@@ -83,6 +84,22 @@ def fallback_candidates(active):
     ).scalars().all()
 
 
+def _read_manifest(model_dir):
+    """The shipped model folder's manifest, or None without one."""
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _lock_versions():
+    """Lock every version row until the commit, in id order: in table order, updated rows move,
+    so two waiting lockers could take them in different orders and deadlock (seen in CI).
+    (SQLite has a single writer already; SQLAlchemy leaves FOR UPDATE out there.)"""
+    db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
+
+
 def get_version(version):
     row = db.session.execute(db.select(ModelVersion).filter_by(version=version)).scalar_one_or_none()
     if row is None:
@@ -100,12 +117,10 @@ def register_shipped_model(model_dir):
     Called when the database knows no model yet (a fresh install). Several workers may race
     here: the unique version name lets exactly one insert win.
     """
-    path = os.path.join(model_dir, MANIFEST)
-    if not os.path.exists(path):
+    manifest = _read_manifest(model_dir)
+    if manifest is None:
         log.error("no active model in the database and no %s in %s", MANIFEST, model_dir)
         return None
-    with open(path) as fh:
-        manifest = json.load(fh)
     row = ModelVersion(
         version=manifest["version"],
         file_path=manifest["file"],
@@ -135,12 +150,8 @@ def backfill_shipped_temperature(model_dir):
     workers backfill it when they start instead of serving it uncalibrated. Other versions
     with a NULL temperature (retrains from before calibration) stay uncalibrated.
     """
-    path = os.path.join(model_dir, MANIFEST)
-    if not os.path.exists(path):
-        return False
-    with open(path) as fh:
-        manifest = json.load(fh)
-    if manifest.get("temperature") is None:
+    manifest = _read_manifest(model_dir)
+    if manifest is None or manifest.get("temperature") is None:
         return False
     from app.ml.calibration import check_temperature
 
@@ -265,7 +276,7 @@ def activate_version(version, *, commit=True):
         return row
     from app.ml.onnx_model import sha256_file
 
-    files = [(resolve_path(current_app.config["MODEL_DIR"], row.file_path), row.sha256),
+    files = [(keras_path(row), row.sha256),
              (onnx_path(row), row.onnx_sha256)]
     for path, recorded in files:
         if recorded is None or not os.path.exists(path):
@@ -282,11 +293,8 @@ def activate_version(version, *, commit=True):
                        code="model_calibration_invalid") from None
     # Activations take turns: under PostgreSQL's READ COMMITTED, two of them at once would
     # each retire only the active row they saw and leave two active. Locking the (few)
-    # version rows first makes the second wait and then see the first one's result. They
-    # are locked in id order: in table order, updated rows move, so two waiting activations
-    # could take the locks in different orders and deadlock (seen in CI).
-    # (SQLite has a single writer already; SQLAlchemy leaves FOR UPDATE out there.)
-    db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
+    # version rows first makes the second wait and then see the first one's result.
+    _lock_versions()
     db.session.execute(
         db.update(ModelVersion).where(ModelVersion.status == "active").values(status="retired")
     )
@@ -319,22 +327,21 @@ def export_missing_onnx():
         return []
     from app.ml.artifacts import export_onnx_atomic
 
-    model_dir = current_app.config["MODEL_DIR"]
     done = []
-    with open(os.path.join(model_dir, ".onnx-export.lock"), "a") as lock:
+    with open(os.path.join(current_app.config["MODEL_DIR"], ".onnx-export.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             db.session.expire_all()
-            db.session.execute(db.select(ModelVersion.id).order_by(ModelVersion.id).with_for_update()).all()
+            _lock_versions()
             for row in versions_without_onnx():  # re-read under the locks: another process may have done it
-                keras_path = resolve_path(model_dir, row.file_path)
-                if not os.path.exists(keras_path):
-                    log.error("model version %s: %s is missing, cannot export it to ONNX", row.version, keras_path)
+                path = keras_path(row)
+                if not os.path.exists(path):
+                    log.error("model version %s: %s is missing, cannot export it to ONNX", row.version, path)
                     continue
                 log.warning("exporting model version %s to ONNX (loads TensorFlow into process %d)",
                             row.version, os.getpid())
                 try:
-                    _path, row.onnx_sha256 = export_onnx_atomic(keras_path)
+                    _path, row.onnx_sha256 = export_onnx_atomic(path)
                 except Exception:  # one bad file must not keep the others from serving
                     log.exception("could not export model version %s to ONNX", row.version)
                     continue

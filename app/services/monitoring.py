@@ -79,11 +79,7 @@ def feedback_by_day(days=30):
     the error-rate estimate over time."""
     day = func.date(Feedback.created_at)
     rows = db.session.execute(
-        db.select(day, Prediction.model_version, func.count(),
-                  func.sum(db.case((Prediction.predicted != Feedback.label, 1), else_=0)))
-        .join(Prediction, Feedback.prediction_id == Prediction.id)
-        .where(Feedback.status == "accepted")  # as the error rates: only labels the service believes
-        .group_by(day, Prediction.model_version).order_by(day.desc()).limit(days * 10)
+        feedback_service.error_counts(day, Prediction.model_version).order_by(day.desc()).limit(days * 10)
     ).all()
     return [{"day": str(d), "model_version": v, "feedback": n, "wrong": int(w or 0),
              "error_rate": round(int(w or 0) / n, 4)} for d, v, n, w in reversed(rows)]

@@ -24,10 +24,6 @@ log = logging.getLogger(__name__)
 ACTIVE_SLOT = 1
 
 
-def runner_id():
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def job_body(job):
     duration = None
     if job.started_at and job.finished_at:
@@ -190,31 +186,11 @@ def _update(job, **values):
     db.session.commit()
 
 
-def _finish(job, status, *, error=None, metrics=None, model_version=None):
-    job.status = status
-    job.finished_at = utcnow()
-    job.active_slot = None  # frees the slot: the next job may start
+def _finish(job, status, **values):
     if status in ("succeeded", "rejected"):
-        job.progress = 1.0
-    if error is not None:
-        job.error = error
-    if metrics is not None:
-        job.metrics = metrics
-    if model_version is not None:
-        job.model_version = model_version
-    db.session.commit()
-
-
-def load_training_data():
-    """Feedback rows re-read from the stored originals with today's preprocessing
-    (``app.services.trust.FeedbackSet``: every row not rejected, with its account and status),
-    plus the replay digits and the MNIST hold-out shipped beside the models."""
-    from app.ml.datasets import load_replay
-    from app.services import trust
-
-    feedback = trust.load_feedback()
-    x_replay, y_replay, holdout = load_replay(current_app.config["MODEL_DIR"])
-    return feedback, x_replay, y_replay, holdout
+        values["progress"] = 1.0
+    # active_slot=None frees the slot: the next job may start.
+    _update(job, status=status, finished_at=utcnow(), active_slot=None, **values)
 
 
 def run_job(job_id):
@@ -226,13 +202,14 @@ def run_job(job_id):
         return
     config = current_app.config
     live = model_versions.ensure_active_version()
-    _update(job, status="running", started_at=utcnow(), runner=runner_id(), progress=0.0,
-            base_version=live.version if live else None)
-    _log_phase(job, "started", "from %s", live.version if live else None)
+    _update(job, status="running", started_at=utcnow(), runner=f"{socket.gethostname()}:{os.getpid()}",
+            progress=0.0, base_version=live.version if live else None)
+    _log_phase(job, "started", "from %s", job.base_version)
     try:
         # From here this process holds TensorFlow (training, the ONNX export), whether it is
         # an RQ worker, the CLI, or a web worker running a thread-backend job: that worker
         # keeps it until it restarts. Serving alone never imports it.
+        from app.ml.datasets import load_replay
         from app.ml.jobs import run_retrain
         from app.ml.training import FT_REPLAY_RATIO, configure_tensorflow
         from app.services import trust
@@ -240,10 +217,9 @@ def run_job(job_id):
         configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
         if live is None:
             raise RuntimeError("no active model to retrain from")
-        live_path = model_versions.resolve_path(config["MODEL_DIR"], live.file_path)
-        feedback, x_replay, y_replay, replay_holdout = load_training_data()
+        x_replay, y_replay, replay_holdout = load_replay(config["MODEL_DIR"])
         # Whose labels to believe is decided before anything trains on them.
-        assessment, changes = trust.assess(feedback, live_path)
+        feedback, assessment, changes = trust.assess(live)
         selection = trust.select_for_training(feedback, replay_per_feedback=FT_REPLAY_RATIO, seed=config["RETRAIN_SEED"])
         used = selection.index
         x, y = feedback.x[used], feedback.labels[used]
@@ -258,7 +234,7 @@ def run_job(job_id):
             _update(job, progress=round(min(fraction, 0.99), 4))
 
         result = run_retrain(
-            live_path, x, y, x_replay, y_replay,
+            model_versions.keras_path(live), x, y, x_replay, y_replay,
             epochs=config["RETRAIN_EPOCHS"], seed=config["RETRAIN_SEED"],
             max_regression_points=config["RETRAIN_MAX_REGRESSION"],
             from_scratch=config["RETRAIN_FROM_SCRATCH"], replay_holdout=replay_holdout, progress=progress,
@@ -273,18 +249,15 @@ def run_job(job_id):
         promote = result.decision.passed or job.force
         _log_phase(job, "gated", "gate %s%s", "passed" if result.decision.passed else "failed",
                    " (forced)" if job.force and not result.decision.passed else "")
-        version = f"retrain-{job.id}"
         row = model_versions.save_version(
-            result.candidate, version, parent_version=live.version, metrics=metrics,
+            result.candidate, f"retrain-{job.id}", parent_version=live.version, metrics=metrics,
             status="candidate" if promote else "rejected",
             temperature=(result.metrics.get("calibration") or {}).get("temperature"),
         )
         if promote:
             # One commit: the new version goes live exactly when the job says it succeeded.
             model_versions.activate_version(row.version, commit=False)
-            _finish(job, "succeeded", metrics=metrics, model_version=row.version)
-        else:
-            _finish(job, "rejected", metrics=metrics, model_version=row.version)
+        _finish(job, "succeeded" if promote else "rejected", metrics=metrics, model_version=row.version)
     except Exception as exc:
         db.session.rollback()
         log.exception("retrain job %s failed", job_id)

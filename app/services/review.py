@@ -25,6 +25,7 @@ from app.entities import Feedback, Prediction, StoredImage, User, utcnow
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.extensions import db
 from app.metrics import observe_feedback
+from app.services.feedback import get_prediction
 from app.services.model_versions import active_version
 from app.services.pagination import page_body
 
@@ -34,10 +35,6 @@ REASON_OF_ACTION = {"accept": "admin_accepted", "reject": "admin_rejected", "rel
 ADMIN_LABELLED = "admin_labelled"  # the reason of a label an admin gave on an unlabelled prediction
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-def _page_body(queue_name, items, page, per_page, total):
-    return page_body(items, page=page, per_page=per_page, total=total, queue=queue_name)
 
 
 def image_url(digest):
@@ -82,7 +79,8 @@ def quarantined(page, per_page):
     rows = db.session.execute(
         _feedback_rows(held).order_by(Feedback.id).limit(per_page).offset((page - 1) * per_page)
     ).all()
-    return _page_body("quarantined", [feedback_item(*row) for row in rows], page, per_page, total)
+    return page_body([feedback_item(*row) for row in rows], page=page, per_page=per_page, total=total,
+                     queue="quarantined")
 
 
 def _uncertain_filter():
@@ -98,7 +96,7 @@ def _uncertain_filter():
 def uncertain(page, per_page):
     where = _uncertain_filter()
     if where is None:
-        return _page_body("uncertain", [], page, per_page, 0)
+        return page_body([], page=page, per_page=per_page, total=0, queue="uncertain")
     total = db.session.scalar(db.select(func.count(Prediction.id)).where(where))
     rows = db.session.execute(
         db.select(Prediction, User.username)
@@ -121,14 +119,11 @@ def uncertain(page, per_page):
         }
         for prediction, username in rows
     ]
-    return _page_body("uncertain", items, page, per_page, total)
-
-
-QUEUES = {"quarantined": quarantined, "uncertain": uncertain}
+    return page_body(items, page=page, per_page=per_page, total=total, queue="uncertain")
 
 
 def queue(name, page, per_page):
-    return QUEUES[name](page, per_page)
+    return {"quarantined": quarantined, "uncertain": uncertain}[name](page, per_page)
 
 
 # --- decisions ----------------------------------------------------------------------------
@@ -190,9 +185,7 @@ def label_prediction(prediction_id, label, *, admin_id):
 
     A prediction that already has feedback is a 409: review that feedback instead.
     """
-    prediction = db.session.get(Prediction, prediction_id)
-    if prediction is None:
-        raise NotFound(f"prediction {prediction_id} not found", code="prediction_not_found")
+    prediction = get_prediction(prediction_id)
     if prediction.feedback is not None:
         raise _already_labelled(prediction.feedback.id)
     now = utcnow()

@@ -87,28 +87,32 @@ def load_feedback():
 # --------------------------------------------------------------------------- trust
 
 
-def assess(feedback: FeedbackSet, model_path, *, apply=True):
-    """Score every account against the live model at ``model_path`` and, with ``apply``,
-    quarantine the rows of outlier accounts and release those no longer outliers.
+def assess(live, *, apply=True):
+    """Score every account's stored feedback against the live version ``live`` and, with
+    ``apply``, quarantine the rows of outlier accounts and release those no longer outliers:
+    what a retrain does first, and ``flask feedback assess`` at any time.
 
-    Returns ``(assessment, changes)`` where changes counts rows per new status.
+    Returns ``(feedback, assessment, changes)`` where changes counts rows per new status.
     """
     import keras
 
     from app.ml import trust
     from app.ml.network import probabilities_and_embeddings
+    from app.ml.training import configure_tensorflow
+    from app.services.model_versions import keras_path
 
-    rules = trust.TrustRules.from_config(current_app.config)
+    config = current_app.config
+    configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
+    feedback = load_feedback()
+    rules = trust.TrustRules.from_config(config)
     if len(feedback):
-        model = keras.models.load_model(model_path, compile=False)
+        model = keras.models.load_model(keras_path(live), compile=False)
         probs, embeddings = probabilities_and_embeddings(model, feedback.x)
     else:
         probs, embeddings = np.zeros((0, 10)), np.zeros((0, 1))
     result = trust.assess(feedback.labels, feedback.accounts, probs, embeddings, feedback.trusted, rules)
-    changes = {"quarantined": 0, "released": 0}
-    if apply:
-        changes = _apply(feedback, result)
-    return result, changes
+    changes = _apply(feedback, result) if apply else {"quarantined": 0, "released": 0}
+    return feedback, result, changes
 
 
 def _apply(feedback, result):
@@ -148,10 +152,10 @@ def _apply(feedback, result):
 # --------------------------------------------------------------------------- selection
 
 
-def on_probation(feedback: FeedbackSet, now=None):
+def on_probation(feedback: FeedbackSet):
     """Per row: its account is too new and has given too few labels to count yet."""
     config = current_app.config
-    now = now or utcnow()
+    now = utcnow()
     min_age = timedelta(hours=config["TRUST_PROBATION_HOURS"])
     min_labels = config["TRUST_PROBATION_LABELS"]
     ids, counts = np.unique(feedback.accounts, return_counts=True)

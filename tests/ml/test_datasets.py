@@ -11,10 +11,10 @@ from app.ml.datasets import (
     DatasetError,
     as_float_images,
     is_image_folder,
-    load_image_folder,
     load_labelled,
     load_mnist,
     read_idx,
+    read_image_folder,
     stratified_sample,
 )
 
@@ -159,8 +159,8 @@ def image_folder(tmp_path, digits):
 def test_image_folder_raw_and_preprocessed(image_folder):
     folder, labels = image_folder
     assert is_image_folder(folder)
-    blobs, got = load_image_folder(folder)
-    assert len(blobs) == 6 and all(b.startswith(b"\x89PNG") for b in blobs)
+    names, blobs, got = read_image_folder(folder)
+    assert names == [f"{i:03d}.png" for i in range(6)] and len(blobs) == 6 and all(b.startswith(b"\x89PNG") for b in blobs)
     assert np.array_equal(got, labels)
     x, y = load_labelled(folder)
     assert x.shape == (6, 28, 28) and x.dtype == np.float32
@@ -175,7 +175,7 @@ def test_image_folder_errors_name_the_file(image_folder):
         load_labelled(folder)
     (folder / "002.png").unlink()
     with pytest.raises(DatasetError, match="002.png"):
-        load_image_folder(folder)
+        read_image_folder(folder)
 
 
 @pytest.mark.parametrize("csv_text, message", [
@@ -192,7 +192,7 @@ def test_bad_labels_csv(image_folder, csv_text, message):
     folder, _ = image_folder
     (folder / "labels.csv").write_text(csv_text)
     with pytest.raises(DatasetError, match=message):
-        load_image_folder(folder)
+        read_image_folder(folder)
     with pytest.raises(DatasetError, match=message):
         load_labelled(folder)
 
@@ -210,7 +210,7 @@ def test_image_folder_of_real_uploads():
     from support import FIXTURES
 
     folder = FIXTURES / "mnist50"
-    blobs, labels = load_image_folder(folder)
+    _, blobs, labels = read_image_folder(folder)
     assert len(blobs) == 50 and np.array_equal(np.bincount(labels, minlength=10), [5] * 10)
     x, y = load_labelled(folder)
     assert x.shape == (50, 28, 28) and x.dtype == np.float32 and np.array_equal(y, labels)

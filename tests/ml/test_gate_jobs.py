@@ -170,7 +170,7 @@ def test_the_per_digit_gate_refuses_a_poisoned_candidate_that_the_overall_rules_
     replay allowance is generous: only the per-digit rule sees that the 7s are gone."""
     import keras
 
-    from app.ml.jobs import judge
+    from app.ml.jobs import judge, outputs
 
     base = Path(__file__).resolve().parents[2] / "models" / "base.keras"
     live = keras.models.load_model(base, compile=False)
@@ -181,17 +181,19 @@ def test_the_per_digit_gate_refuses_a_poisoned_candidate_that_the_overall_rules_
     sevens = np.flatnonzero(y == 7)[:12]
     x_fb = x[sevens].astype(np.float32) / 255
     y_fb = np.full(len(sevens), 1)  # the poison, held out beside the training part
-    sets = {"feedback_holdout": (x_fb, y_fb), "replay_holdout": (x_hold, y_hold)}
+    images = {"feedback_holdout": x_fb, "replay_holdout": x_hold}
+    labels = {"feedback_holdout": y_fb, "replay_holdout": y_hold}
+    live_out, candidate_out = outputs(live, images), outputs(candidate, images)
 
-    scores, digits, decision = judge(live, candidate, sets, max_regression_points=100)
+    scores, digits, decision = judge(live_out, candidate_out, labels, max_regression_points=100)
     assert decision.passed and digits is None  # without the per-digit rule it would go live
     assert scores["candidate"]["feedback_holdout_accuracy"] > scores["live"]["feedback_holdout_accuracy"]
 
-    scores, digits, decision = judge(live, candidate, sets, 100, max_class_regression_points=2.0)
+    scores, digits, decision = judge(live_out, candidate_out, labels, 100, max_class_regression_points=2.0)
     assert not decision.passed
     seven = digits[7]
     assert seven["samples"] == int(np.sum(y_hold == 7)) and seven["live"] > 0.9 and seven["candidate"] < 0.1
     assert not seven["passed"] and seven["drop_points"] > 80
     assert any(reason.startswith("digit 7:") for reason in decision.reasons)
     # A healthy candidate (the live model itself) passes the same rule.
-    assert judge(live, live, sets, 0.0, 2.0)[2].passed
+    assert judge(live_out, live_out, labels, 0.0, 2.0)[2].passed
