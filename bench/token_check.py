@@ -132,7 +132,7 @@ def report(title, unit, times):
 
 
 def before_checkout(revision, folder):
-    target = Path(folder) / "before"
+    target = Path(folder) / "before-checkout"
     target.mkdir()
     archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
@@ -145,7 +145,7 @@ def measure_http(folder, args):
     try:
         for name, repo in (("before", before_checkout(args.before, folder)), ("after", ROOT)):
             server = LiveServer(Path(folder) / name, repo=repo, model_source=ROOT / "models")
-            server.workdir.mkdir()
+            server.workdir.mkdir(exist_ok=True)
             server.cli("db", "upgrade")
             fill_sqlite(server.workdir / "live.sqlite3", args.users, args.revocations)
             servers[name] = server.start()
