@@ -85,6 +85,6 @@ def set_active(user_id, active, *, by=None):
                 raise Conflict("the last active admin cannot be deactivated", code="last_admin")
     user.active = active
     db.session.commit()
-    log.warning("account %s (id %d) %s by %s", user.username, user.id, "activated" if active else "deactivated",
+    log.info("account %s (id %d) %s by %s", user.username, user.id, "activated" if active else "deactivated",
                 f"admin id {by}" if by is not None else "the command line")
     return user
