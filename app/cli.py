@@ -11,7 +11,8 @@ from marshmallow import ValidationError
 from app.entities import User
 from app.extensions import db
 from app.schemas import RegisterSchema
-from app.services import accounts, model_versions, retraining, trust
+from app.errors import ApiError
+from app.services import account_admin, accounts, model_versions, retraining, trust
 
 
 def init_app(app):
@@ -20,6 +21,7 @@ def init_app(app):
     app.cli.add_command(purge_revocations)
     app.cli.add_command(model_cli)
     app.cli.add_command(feedback_cli)
+    app.cli.add_command(users_cli)
 
 
 @click.command("create-admin")
@@ -158,3 +160,45 @@ def assess_feedback(dry_run):
         click.echo(json.dumps({"user_id": None if account == trust.DELETED_ACCOUNT else account,
                                "username": feedback.usernames.get(account), **verdict.as_dict()}))
     click.echo(json.dumps({"model_version": live.version, "rows": len(feedback), "dry_run": dry_run, **changes}))
+
+
+users_cli = AppGroup("users", help="List, deactivate and activate accounts.")
+
+
+def _set_active(username, active):
+    try:
+        user = account_admin.set_active(account_admin.find_by_username(username).id, active)
+    except ApiError as exc:  # unknown account, the last active admin: the API's refusals
+        raise click.ClickException(f"{exc.message} ({exc.code})") from None
+    click.echo(f"user {user.username!r} is {'active' if user.active else 'deactivated'}")
+
+
+@users_cli.command("deactivate")
+@click.argument("username")
+def deactivate_user(username):
+    """Deactivate an account: no login, its tokens refused at once, its labels not trained on."""
+    _set_active(username, False)
+
+
+@users_cli.command("activate")
+@click.argument("username")
+def activate_user(username):
+    """Activate a deactivated account again."""
+    _set_active(username, True)
+
+
+@users_cli.command("list")
+@click.option("--inactive", is_flag=True, help="only deactivated accounts")
+def list_users(inactive):
+    """Every account with its role, state and feedback counts (accepted/quarantined/rejected)."""
+    page, per_page = 1, 100
+    while True:
+        body = account_admin.list_accounts(page, per_page, active=False if inactive else None)
+        for item in body["items"]:
+            counts = item["feedback"]
+            click.echo(f"{item['id']:>6} {item['username']:<32} {item['role']:<6} "
+                       f"{'active' if item['active'] else 'INACTIVE':<8} "
+                       f"{counts['accepted']}/{counts['quarantined']}/{counts['rejected']}")
+        if page >= body["pages"]:
+            break
+        page += 1

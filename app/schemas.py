@@ -6,6 +6,7 @@ from datetime import timezone
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from app.entities import FEEDBACK_STATUSES
+from app.services.accounts import ROLES
 
 # Usernames: letters, digits, '_', '.', '-'. Checked with fullmatch: a `$` also matches
 # before a trailing newline, and "ada\n" would have been a second "ada".
@@ -264,7 +265,8 @@ class RetrainJobSchema(Schema):
         "when finished: both models' held-out accuracies; gate {passed, reasons, per_digit: "
         "[{digit, live, candidate, drop_points, passed, samples}]}; accounts: [{user_id, username, "
         "labels, used, gate_samples, capped, quarantined, on_probation, trust: {the numbers behind "
-        "the verdict}}]; samples; timings")})
+        "the verdict}}]; trust: {quarantined, released, max_account_share, inactive_left_out: {accounts, labels} "
+        "(deactivated accounts' labels, not used)}; samples; timings")})
     model_version = fields.String(allow_none=True)
     base_version = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
@@ -403,3 +405,46 @@ class BulkReviewResultSchema(Schema):
 
 class AdminLabelSchema(Schema):
     label = fields.Integer(required=True, strict=True, validate=validate.Range(0, 9))
+
+
+# --- account administration -------------------------------------------------------------
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON ``true`` or ``false``: marshmallow's Boolean also takes "yes", 1 or "on"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class AccountQuerySchema(PageQuerySchema):
+    active = fields.Boolean(metadata={"description": "only active (true) or deactivated (false) accounts"})
+    role = fields.String(validate=validate.OneOf(ROLES))
+
+
+class AccountFeedbackSchema(Schema):
+    accepted = fields.Integer()
+    quarantined = fields.Integer()
+    rejected = fields.Integer()
+
+
+class AccountSchema(Schema):
+    id = fields.Integer()
+    username = fields.String()
+    email = fields.String(allow_none=True)
+    role = fields.String(metadata={"enum": list(ROLES)})
+    active = fields.Boolean(metadata={"description": "false: cannot log in, its tokens are refused, its labels are "
+                                                     "not trained on"})
+    created_at = UtcDateTime()
+    feedback = fields.Nested(AccountFeedbackSchema, metadata={"description": "its feedback rows per status"})
+
+
+class AccountPageSchema(PageSchema):
+    items = fields.List(fields.Nested(AccountSchema))
+
+
+class AccountUpdateSchema(Schema):
+    active = StrictBoolean(required=True, metadata={
+        "description": "false deactivates the account at once; true activates it again"})

@@ -4,17 +4,22 @@ from functools import wraps
 
 from flask import g
 from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, select
 
 from app.entities import RevokedToken, User
 from app.errors import Forbidden, Unauthorized, error_response
 from app.extensions import db, jwt
 
-# Run on every authenticated request, so built once, on the table: building the Select and
-# its ORM compile state each time cost more than the indexed lookup. Never cached: a token
-# revoked on one worker is refused by all of them at once.
-_REVOKED = RevokedToken.__table__
-_IS_REVOKED = select(_REVOKED.c.id).where(_REVOKED.c.jti == bindparam("jti"))
+# Run on every authenticated request, so built once, on the tables: building the Select and
+# its ORM compile state each time cost more than the lookup. One statement, two indexed
+# probes (the caller's row by primary key, the token's jti): no row means the account was
+# deleted. Never cached: a token revoked, or an account deactivated, on one worker is
+# refused by all of them at once.
+_USERS, _REVOKED = User.__table__, RevokedToken.__table__
+TOKEN_STANDING = select(
+    _USERS.c.active,
+    exists().where(_REVOKED.c.jti == bindparam("jti")).label("revoked"),
+).where(_USERS.c.id == bindparam("user_id"))
 
 
 def caller_id():
@@ -27,9 +32,10 @@ def role_required(role):
     has that role.
 
     The claim is checked first (no lookup for the wrong role); then one primary-key lookup,
-    because the claim alone would let a deactivated, deleted or demoted admin in until the
-    access token expires. Only admin endpoints pay it; ``required_role`` on the view lets
-    tests find every endpoint that needs a role.
+    because the claim alone would let a demoted admin in until the access token expires
+    (a deactivated or deleted one is already refused by the token check in ``init_app``;
+    the lookup says so too if it happened in between). Only admin endpoints pay it;
+    ``required_role`` on the view lets tests find every endpoint that needs a role.
     """
 
     def decorator(view):
@@ -56,9 +62,12 @@ def init_app(app):
     """Register the JWT callbacks: revocation check and JSON errors for token failures."""
 
     @jwt.token_in_blocklist_loader
-    def _is_revoked(_header, payload):
+    def _is_refused(_header, payload):
         g.user_id = payload.get("sub")  # every verified token passes here: log lines name the caller
-        return db.session.execute(_IS_REVOKED, {"jti": payload["jti"]}).first() is not None
+        row = db.session.execute(TOKEN_STANDING, {"user_id": int(payload["sub"]), "jti": payload["jti"]}).first()
+        # The library only lets this say "revoked": _revoked below tells the client which.
+        g.token_refusal = "account_inactive" if row is None or not row.active else "token_revoked" if row.revoked else None
+        return g.token_refusal is not None
 
     @jwt.unauthorized_loader
     def _missing(reason):
@@ -74,4 +83,6 @@ def init_app(app):
 
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
+        if g.get("token_refusal") == "account_inactive":
+            return error_response(401, "account is no longer active", code="account_inactive")
         return error_response(401, "token has been revoked", code="token_revoked")

@@ -1,10 +1,15 @@
-"""Admin: model versions, feedback statistics and retraining."""
+"""Admin: model versions, feedback statistics, retraining and accounts."""
 
 from flask import current_app, url_for
 
 from app.api import BEARER, Blueprint
 from app.schemas import (
     MAX_ID,
+    AccountPageSchema,
+    AccountQuerySchema,
+    AccountSchema,
+    AccountUpdateSchema,
+    ErrorSchema,
     FeedbackStatsSchema,
     ModelListSchema,
     ModelVersionSchema,
@@ -16,7 +21,7 @@ from app.schemas import (
 )
 from app.security import caller_id, role_required
 from app.services import feedback as feedback_service
-from app.services import model_versions, monitoring, retraining
+from app.services import account_admin, model_versions, monitoring, retraining
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", description="Administration (admin role)")
 
@@ -120,3 +125,46 @@ def retrain_status(job_id):
 def list_retrain_jobs():
     """The 50 most recent retrain jobs, newest first."""
     return [retraining.job_body(job) for job in retraining.recent_jobs(50)]
+
+
+# Documented on the account endpoints: the token failures and the role check.
+ACCESS_ERRORS = ((401, "no token; an expired, revoked or invalid one; or the caller's account is no longer active "
+                       "(account_inactive)"),
+                 (403, "the token is not an admin's"))
+
+
+def _errors(*statuses_and_descriptions):
+    def decorate(view):
+        for status, description in [*ACCESS_ERRORS, *statuses_and_descriptions]:
+            view = bp.alt_response(status, schema=ErrorSchema, description=description)(view)
+        return view
+
+    return decorate
+
+
+@bp.get("/users")
+@role_required("admin")
+@bp.arguments(AccountQuerySchema, location="query")
+@bp.response(200, AccountPageSchema)
+@_errors((422, "a query parameter is not valid"))
+@bp.doc(security=BEARER)
+def list_users(query):
+    """A page of accounts, oldest first, each with its feedback counts per status;
+    ``active`` and ``role`` filter them."""
+    return account_admin.list_accounts(query["page"], query["per_page"], active=query.get("active"),
+                                       role=query.get("role"))
+
+
+@bp.patch(f"/users/<int(min=1, max={MAX_ID}):user_id>")  # any other number names no account: 404
+@role_required("admin")
+@bp.arguments(AccountUpdateSchema)
+@bp.response(200, AccountSchema)
+@_errors((404, "no such account"),
+         (409, "cannot_deactivate_self: the caller's own account; last_admin: the last active admin"),
+         (415, "the body is not JSON"),
+         (422, "no boolean ``active``, or another field"))
+@bp.doc(security=BEARER)
+def update_user(data, user_id):
+    """Deactivate an account (it cannot log in, its tokens are refused at once, its labels
+    are not trained on) or activate it again. Setting what it already is changes nothing."""
+    return account_admin.describe(account_admin.set_active(user_id, data["active"], by=caller_id()))

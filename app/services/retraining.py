@@ -245,7 +245,8 @@ def run_job(job_id):
         per_account = result.metrics.pop("per_account")
         metrics = {**result.metrics, "feedback_skipped": feedback.skipped, "forced": bool(job.force),
                    "accounts": trust.account_report(feedback, assessment, selection, per_account),
-                   "trust": {**changes, "max_account_share": config["RETRAIN_MAX_ACCOUNT_SHARE"]}}
+                   "trust": {**changes, "max_account_share": config["RETRAIN_MAX_ACCOUNT_SHARE"],
+                             "inactive_left_out": feedback.inactive}}
         promote = result.decision.passed or job.force
         _log_phase(job, "gated", "gate %s%s", "passed" if result.decision.passed else "failed",
                    " (forced)" if job.force and not result.decision.passed else "")

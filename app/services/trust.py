@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import numpy as np
 from flask import current_app
+from sqlalchemy import func
 
 from app.entities import Feedback, StoredImage, User, utcnow
 from app.extensions import db
@@ -40,13 +41,15 @@ class FeedbackSet:
     usernames: dict = field(default_factory=dict)
     account_created: dict = field(default_factory=dict)
     skipped: int = 0
+    inactive: dict = field(default_factory=dict)  # {"accounts", "labels"} of deactivated accounts, left out
 
     def __len__(self):
         return len(self.ids)
 
 
 def load_feedback():
-    """Every accepted or quarantined feedback row whose stored image still preprocesses."""
+    """Every accepted or quarantined feedback row of an active (or deleted) account whose
+    stored image still preprocesses."""
     from app.ml.preprocessing import ImageRejected, preprocess
 
     labeller = db.aliased(User)
@@ -56,8 +59,14 @@ def load_feedback():
         .join(StoredImage, Feedback.image_sha256 == StoredImage.sha256)
         .outerjoin(labeller, Feedback.user_id == labeller.id)
         .where(Feedback.status != "rejected")
+        # A deactivated account's labels are neither trained on nor evidence, until it is active again.
+        .where(Feedback.user_id.is_(None) | labeller.active.is_(True))
         .order_by(Feedback.id)
     ).all()
+    inactive = db.session.execute(
+        db.select(func.count(func.distinct(Feedback.user_id)).label("accounts"), func.count().label("labels"))
+        .join(User, Feedback.user_id == User.id).where(Feedback.status != "rejected", User.active.is_(False))
+    ).one()._asdict()
     max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
     kept, xs, skipped = [], [], 0
     usernames, created = {}, {}
@@ -80,7 +89,7 @@ def load_feedback():
         reviewed=column(lambda r: r.reviewed_by is not None, bool),
         trusted=column(lambda r: (r.reviewed_by is not None and r.status == "accepted") or r.role == "admin", bool),
         x=np.stack(xs) if xs else np.zeros((0, 28, 28), np.float32),
-        usernames=usernames, account_created=created, skipped=skipped,
+        usernames=usernames, account_created=created, skipped=skipped, inactive=inactive,
     )
 
 
