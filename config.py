@@ -72,8 +72,12 @@ class Config:
     # The review page shows up to 100 images at a time: the default limit would stop it after two pages.
     RATELIMIT_ADMIN_IMAGES = os.environ.get("RATELIMIT_ADMIN_IMAGES", "2000 per hour")
     # Redis storage down: count in this process's memory until it answers again (checked
-    # with a growing back-off) instead of failing every request; false makes them 500.
+    # with a growing back-off) instead of leaving every request unlimited.
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = env_bool("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    # A storage error the fallback does not catch is logged and the request let through,
+    # not a 500: requests in flight while another thread switches to the fallback fail
+    # once (Flask-Limiter switches on the first error and re-raises the others).
+    RATELIMIT_SWALLOW_ERRORS = env_bool("RATELIMIT_SWALLOW_ERRORS", True)
     # A Redis that accepts no connection or stops answering must not hang requests.
     REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 5.0)
 

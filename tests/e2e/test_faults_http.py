@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from support import (FRESH, LOOP_ENV, LiveServer, OwnPostgres, OwnRedis, ask_every_worker, constant_model, feed,
-                     fresh_postgres_database, mnist_png, wait_until)
+                     free_port, fresh_postgres_database, mnist_png, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -160,3 +160,23 @@ def test_a_corrupt_model_file_at_start_up_serves_the_last_good_version(live_serv
     user = server.register("reader")
     answers = ask_every_worker(lambda: predict(server, user, mnist_png(replay_digits[0][3])))
     assert {(r.status_code, r.json()["model_version"]) for r in answers} == {(200, "tiny-1")}
+
+
+@pytest.mark.parametrize("swallow", ["true", "false"])
+def test_a_rate_limit_storage_error_the_fallback_does_not_catch_lets_the_request_through(live_server, swallow):
+    # Flask-Limiter switches to its in-memory fallback on the first storage error and
+    # re-raises the errors of requests already in flight: with several threads per worker,
+    # some of those were 500s when Redis went down. RATELIMIT_SWALLOW_ERRORS (default true)
+    # lets such a request through; with the fallback off every request is one, and without
+    # the setting (the control) every one is a 500.
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    env = {"RATELIMIT_ENABLED": "true", "RATELIMIT_STORAGE_URI": dead, "REDIS_SOCKET_TIMEOUT": "1",
+           "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": "false", "RATELIMIT_DEFAULT": "1000 per hour"}
+    if swallow == "false":
+        env["RATELIMIT_SWALLOW_ERRORS"] = "false"
+    server = live_server(env=env, wait_for="/health")
+    response = requests.post(server.url + "/auth/register", headers=FRESH, timeout=30,
+                             json={"username": "alice", "password": "correct-horse-1"})
+    assert response.status_code == (201 if swallow == "true" else 500), response.text
+    if swallow == "false":
+        assert response.json()["error"]["code"] == "internal_error"
