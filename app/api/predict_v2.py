@@ -14,7 +14,7 @@ from app.api.uploads import (
 from app.schemas import BatchPredictionSchema, PageQuerySchema, PredictionPageSchema, PredictionV2Schema, link_to
 from app.security import caller_id
 from app.services import predictions as prediction_service
-from app.services.predictions import predict_uploads
+from app.services.predictions import predict_uploads, prediction_body
 
 bp = Blueprint("predict_v2", __name__, url_prefix="/api/v2", description="Predict, version 2")
 
@@ -22,17 +22,6 @@ bp = Blueprint("predict_v2", __name__, url_prefix="/api/v2", description="Predic
 def _feedback_link(pointer):
     return {"feedback": link_to("/api/v2/feedback", requestBody={"prediction_id": f"$response.body#{pointer}"},
                                 description="give the true label of this prediction")}
-
-
-def v2_body(row):
-    return {
-        "prediction": row.predicted,
-        "confidence": row.confidence,
-        "probabilities": row.probabilities,
-        "model_version": row.model_version,
-        "prediction_id": row.id,
-        "api_version": "v2",
-    }
 
 
 @bp.post("/predict")
@@ -47,7 +36,7 @@ def predict():
     [row], _version = predict_uploads(
         [read_single_upload(allow_base64=True)], user_id=caller_id(), api_version="v2"
     )
-    return v2_body(row)
+    return prediction_body(row)
 
 
 @bp.post("/predict/batch")
@@ -61,7 +50,7 @@ def predict_batch():
     """Predict up to ``BATCH_MAX_FILES`` (64) images in one inference; results keep the order sent."""
     uploads = read_many_uploads(limit=current_app.config["BATCH_MAX_FILES"])
     rows, version = predict_uploads(uploads, user_id=caller_id(), api_version="v2")
-    return {"predictions": [v2_body(row) for row in rows], "model_version": version}
+    return {"predictions": [prediction_body(row) for row in rows], "model_version": version}
 
 
 @bp.get("/predictions")

@@ -37,6 +37,7 @@ class PredictionResult:
     confidence: float
     probabilities: list
     model_version: str
+    api_version: str
 
 
 def store_images(uploads):
@@ -101,7 +102,7 @@ def predict_uploads(uploads, *, user_id, api_version):
     db.session.commit()
     results = [
         PredictionResult(id=id_, predicted=v["predicted"], confidence=v["confidence"],
-                         probabilities=v["probabilities"], model_version=version)
+                         probabilities=v["probabilities"], model_version=version, api_version=api_version)
         for id_, v in zip(ids, values)
     ]
     observe_predictions(results)
@@ -116,14 +117,18 @@ def list_own(user_id, page, per_page):
     return page_body([_own_body(row) for row in rows], page=page, per_page=per_page, total=total)
 
 
-def _own_body(row):
+def prediction_body(prediction):
+    """The v2 answer for one prediction: a ``PredictionResult`` or a stored ``Prediction``."""
     return {
-        "prediction_id": row.id,
-        "prediction": row.predicted,
-        "confidence": row.confidence,
-        "probabilities": row.probabilities,
-        "model_version": row.model_version,
-        "api_version": row.api_version,
-        "created_at": row.created_at,
-        "feedback_label": row.feedback.label if row.feedback else None,
+        "prediction": prediction.predicted,
+        "confidence": prediction.confidence,
+        "probabilities": prediction.probabilities,
+        "model_version": prediction.model_version,
+        "prediction_id": prediction.id,
+        "api_version": prediction.api_version,
     }
+
+
+def _own_body(row):
+    return {**prediction_body(row), "created_at": row.created_at,
+            "feedback_label": row.feedback.label if row.feedback else None}
