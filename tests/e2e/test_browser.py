@@ -438,7 +438,6 @@ def test_accounts_deactivate_and_activate_again_and_never_oneself(browser, live_
     assert page.inner_text("#accounts tr[data-username='admin'] th") == "admin (you)"  # as shown
     assert page.locator("#accounts tr").count() == 20 and page.text_content("#accounts-page") == "Page 1 of 2"
     assert page.is_disabled("#accounts-prev")
-    tab.screenshot("admin-accounts-desktop")
 
     page.click("#accounts-next")
     page.wait_for_selector("#accounts-page:text('Page 2 of 2')")
@@ -457,6 +456,7 @@ def test_accounts_deactivate_and_activate_again_and_never_oneself(browser, live_
     assert page.text_content(f"{row} button.toggle-active") == "Activate labeller"
     refused = predict()
     assert (refused.status_code, refused.json()["error"]["code"]) == (401, "account_inactive")
+    tab.screenshot("admin-accounts-desktop")  # an inactive row among active ones
 
     page.click("#accounts-inactive")
     page.wait_for_function("() => document.querySelectorAll('#accounts tr').length === 1")
