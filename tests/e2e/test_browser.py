@@ -472,6 +472,9 @@ def test_accounts_deactivate_and_activate_again_and_never_oneself(browser, live_
     page.focus(f"{row} button.toggle-active")
     page.keyboard.press("Enter")
     page.wait_for_selector("#accounts-status:text('labeller is active again')")
+    # The new button has the focus, shown as a keyboard user needs it (the page's focus ring).
+    assert page.evaluate(f"() => document.activeElement.matches(\"{row} button.toggle-active:focus-visible\")")
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
     assert page.text_content(f"{row} td.account-active") == "active"
     assert predict().status_code == 200
 
