@@ -3,6 +3,7 @@ the caller's own predictions, which the drawing page lists."""
 
 import io
 import re
+from html.parser import HTMLParser
 
 import pytest
 
@@ -100,3 +101,43 @@ def test_own_predictions_need_a_token_and_are_documented(client):
     operation = client.get("/openapi.json").get_json()["paths"]["/api/v2/predictions"]["get"]
     assert operation["security"] == [{"bearerAuth": []}]
     assert {p["name"] for p in operation["parameters"]} == {"page", "per_page"}
+
+
+class _Elements(HTMLParser):
+    """Every element of a page with an id, and every button: (tag, attributes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_id, self.buttons = {}, []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if "id" in attributes:
+            self.by_id[attributes["id"]] = (tag, attributes)
+        if tag == "button":
+            self.buttons.append(attributes)
+
+
+def test_admin_page_has_an_accounts_panel_of_real_controls(client):
+    page = _Elements()
+    page.feed(client.get("/admin").get_data(as_text=True))
+    assert page.by_id["accounts-title"][0] == "h1"
+    assert page.by_id["accounts"][0] == "tbody"
+    assert page.by_id["accounts-status"][1]["role"] == "status"
+    filters = [page.by_id[f"accounts-{kind}"] for kind in ("all", "active", "inactive")]
+    # The filters are toggle buttons: the one shown is pressed, and each names its ?active= value.
+    assert [(tag, a["type"], a["aria-pressed"], a["data-active"]) for tag, a in filters] == [
+        ("button", "button", "true", ""), ("button", "button", "false", "true"), ("button", "button", "false", "false")]
+    assert page.by_id["accounts-filter"][1]["role"] == "group" and page.by_id["accounts-filter"][1]["aria-label"]
+    assert page.by_id["accounts-prev"][0] == page.by_id["accounts-next"][0] == "button"
+    assert all(button.get("type") in ("button", "submit") for button in page.buttons)  # none submits by accident
+
+
+def test_admin_page_asks_the_account_endpoints_it_calls_and_opens_no_dialogs(client):
+    script = client.get("/assets/admin.js").get_data(as_text=True)
+    assert 'api("GET", `/admin/users?' in script and 'api("PATCH", `/admin/users/${' in script
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert "get" in paths["/admin/users"] and "patch" in paths["/admin/users/{user_id}"]
+    for name in ("api.js", "draw.js", "admin.js"):
+        source = client.get(f"/assets/{name}").get_data(as_text=True)
+        assert not re.search(r"\b(confirm|alert|prompt)\(", source), name  # status lines say what happened

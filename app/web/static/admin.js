@@ -1,9 +1,10 @@
 // The admin page: model versions and rollback, retraining with its progress and gate
-// verdict, feedback statistics as charts, and the review queue.
+// verdict, feedback statistics as charts, the review queue, and the accounts.
 import { $, ApiError, api, describe, el, percent, setUpSignIn, when } from "./api.js";
 
 const POLL_MS = 1000;
 const REVIEW_PER_PAGE = 10;
+const ACCOUNTS_PER_PAGE = 20;
 const SVG = "http://www.w3.org/2000/svg";
 
 // Model versions ---------------------------------------------------------------------------
@@ -367,6 +368,93 @@ async function bulk(action) {
   await act("/admin/review/bulk", { action, feedback_ids: ids });
 }
 
+// Accounts -------------------------------------------------------------------------------------
+
+// `active`: "" for every account, "true" or "false" for one kind (the API's ?active=).
+const accounts = { active: "", page: 1, me: null };
+
+function accountRow(user) {
+  const name = user.id === accounts.me ? `${user.username} (you)` : user.username;
+  const activeText = user.active ? "active" : "inactive";
+  // The username is in the button's name too: a screen reader's list of buttons says whose it is.
+  const toggle = el("button", {
+    type: "button", class: "toggle-active", "data-user-id": user.id,
+    onclick: () => setActive(user, !user.active),
+  }, user.active ? "Deactivate" : "Activate", el("span", { class: "visually-hidden", text: ` ${user.username}` }));
+  return el("tr", { "data-user-id": user.id, "data-username": user.username, class: user.active ? null : "inactive" },
+    // On a phone the status goes under the name: the table has room for three columns only.
+    el("th", { scope: "row" }, name, el("span", { class: "narrow-only hint", text: activeText })),
+    el("td", { class: "wide-only", text: user.role }),
+    el("td", { class: "wide-only account-active", text: activeText }),
+    el("td", { class: "wide-only", text: when(user.created_at) }),
+    el("td", { class: "count wide-only accepted", text: user.feedback.accepted }),
+    el("td", { class: "count wide-only quarantined", text: user.feedback.quarantined }),
+    el("td", { class: "count wide-only rejected", text: user.feedback.rejected }),
+    // A phone has no room for three number columns: the same counts, one per line, with their words.
+    el("td", { class: "narrow-only labels" }, el("ul", { class: "plain" },
+      ...["accepted", "quarantined", "rejected"].map((kind) => el("li", { text: `${user.feedback[kind]} ${kind}` })))),
+    el("td", {}, toggle));
+}
+
+async function loadAccounts() {
+  const status = $("accounts-status");
+  for (const button of document.querySelectorAll("#accounts-filter button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.active === accounts.active));
+  }
+  const filter = accounts.active ? `&active=${accounts.active}` : "";
+  try {
+    const body = await api("GET", `/admin/users?page=${accounts.page}&per_page=${ACCOUNTS_PER_PAGE}${filter}`);
+    if (!body.items.length && body.pages && body.page > body.pages) {
+      accounts.page = body.pages; // the last page's only row just left this filter
+      return loadAccounts();
+    }
+    $("accounts").replaceChildren(...body.items.map(accountRow));
+    if (!body.items.length) {
+      $("accounts").append(el("tr", {}, el("td", { colspan: 9, text: "No accounts here." })));
+    }
+    $("accounts-page").textContent = body.pages ? `Page ${body.page} of ${body.pages}` : "";
+    $("accounts-prev").disabled = body.page <= 1;
+    $("accounts-next").disabled = body.page >= body.pages;
+    $("accounts").dataset.total = body.total;
+  } catch (err) {
+    $("accounts").replaceChildren();
+    $("accounts-prev").disabled = true;
+    $("accounts-next").disabled = true;
+    $("accounts-page").textContent = "";
+    status.textContent = describe(err);
+    return false;
+  }
+  return true;
+}
+
+// No confirmation dialog: like a rollback or a rejected label, it is one click, said in the status line
+// and undone by the button that takes its place (which gets the focus the clicked one had).
+async function setActive(user, active) {
+  const status = $("accounts-status");
+  status.textContent = `${active ? "Activating" : "Deactivating"} ${user.username}…`;
+  let changed;
+  try {
+    changed = await api("PATCH", `/admin/users/${user.id}`, { json: { active } });
+  } catch (err) {
+    status.textContent = describe(err); // 409 cannot_deactivate_self / last_admin say why themselves
+    return;
+  }
+  if (!await loadAccounts()) return;
+  status.textContent = changed.active
+    ? `${changed.username} is active again: they can sign in, and their labels count.`
+    : `${changed.username} is deactivated: their tokens are refused and their labels left out of training.`;
+  const again = document.querySelector(`#accounts button.toggle-active[data-user-id="${changed.id}"]`);
+  (again || $("accounts-title")).focus();
+  loadStats(); // a deactivated account's labels leave the counts that training uses
+}
+
+function filterAccounts(active) {
+  accounts.active = active;
+  accounts.page = 1;
+  $("accounts-status").textContent = "";
+  loadAccounts();
+}
+
 // Start ---------------------------------------------------------------------------------------
 
 $("retrain").addEventListener("click", startRetrain);
@@ -376,11 +464,17 @@ $("queue-quarantined").addEventListener("click", () => { review.queue = "quarant
 $("queue-uncertain").addEventListener("click", () => { review.queue = "uncertain"; review.page = 1; loadReview(); });
 $("review-prev").addEventListener("click", () => { review.page = Math.max(1, review.page - 1); loadReview(); });
 $("review-next").addEventListener("click", () => { review.page += 1; loadReview(); });
+for (const button of document.querySelectorAll("#accounts-filter button")) {
+  button.addEventListener("click", () => filterAccounts(button.dataset.active));
+}
+$("accounts-prev").addEventListener("click", () => { accounts.page = Math.max(1, accounts.page - 1); loadAccounts(); });
+$("accounts-next").addEventListener("click", () => { accounts.page += 1; loadAccounts(); });
 
 setUpSignIn({
   accept: (user) => user.role === "admin" || `${user.username} is not an admin: this page needs the admin role.`,
-  onSignedIn: async () => {
+  onSignedIn: async (user) => {
     $("console").hidden = false;
-    await Promise.all([loadModels(), loadStats(), loadLatestJob(), loadReview()]);
+    accounts.me = user.id;
+    await Promise.all([loadModels(), loadStats(), loadLatestJob(), loadReview(), loadAccounts()]);
   },
 });
