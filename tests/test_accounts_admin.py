@@ -216,6 +216,32 @@ def test_a_token_of_the_cut_offs_own_second_is_refused_and_one_of_the_next_secon
     assert me() == (200, None)
 
 
+def test_the_cut_off_is_read_by_the_token_checks_one_statement(app, client, auth):
+    """Statements counted: a request with a cut-off to check costs what one without does."""
+    auth.register("alice", "correct-horse-1")
+    access, _ = tokens(client, "alice")
+
+    def statements_of_me():
+        seen = []
+        with app.app_context():
+            listener = lambda *args: seen.append(args[2])  # noqa: E731  (the statement's text)
+            event.listen(db.engine, "before_cursor_execute", listener)
+            try:
+                assert client.get("/auth/me", headers=bearer(access)).status_code == 200
+            finally:
+                event.remove(db.engine, "before_cursor_execute", listener)
+        return seen
+
+    without = statements_of_me()
+    with app.app_context():
+        db.session.execute(db.update(User).values(tokens_valid_after=datetime(2026, 1, 1, tzinfo=timezone.utc)))
+        db.session.commit()
+    with_cutoff = statements_of_me()
+    assert len(with_cutoff) == len(without)
+    checks = [text for text in with_cutoff if "revoked_tokens" in text]
+    assert len(checks) == 1 and "tokens_valid_after" in checks[0]
+
+
 def test_activating_in_the_deactivations_second_waits_for_the_next_so_a_login_then_works(app, client, auth):
     """A deactivation undone at once: a login right after gets a token that works, its old one does not."""
     from app.security import cutoff_second
