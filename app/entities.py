@@ -6,7 +6,7 @@ in the top-level ``models/`` folder.
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -26,6 +26,9 @@ class User(db.Model):
     role: Mapped[str] = mapped_column(String(16), default="user")
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the account is deactivated: its tokens issued before it stay refused after it
+    # is activated again (app.security.issued_before_cutoff). NULL: no cut-off.
+    tokens_valid_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class RevokedToken(db.Model):

@@ -1,5 +1,7 @@
 """Token rules: what goes in a token, how revocation is checked, who may call what."""
 
+import math
+from datetime import timezone
 from functools import wraps
 
 from flask import g
@@ -14,12 +16,32 @@ from app.extensions import db, jwt
 # its ORM compile state each time cost more than the lookup. One statement, two indexed
 # probes (the caller's row by primary key, the token's jti): no row means the account was
 # deleted. Never cached: a token revoked, or an account deactivated, on one worker is
-# refused by all of them at once.
+# refused by all of them at once. The row's cut-off comes along in the same statement.
 _USERS, _REVOKED = User.__table__, RevokedToken.__table__
 TOKEN_STANDING = select(
     _USERS.c.active,
+    _USERS.c.tokens_valid_after,
     exists().where(_REVOKED.c.jti == bindparam("jti")).label("revoked"),
 ).where(_USERS.c.id == bindparam("user_id"))
+
+
+def cutoff_second(cutoff):
+    """The whole second (Unix time) in which an account's token cut-off falls."""
+    if cutoff.tzinfo is None:  # SQLite hands the timestamp back without its zone: it is UTC
+        cutoff = cutoff.replace(tzinfo=timezone.utc)
+    return math.floor(cutoff.timestamp())
+
+
+def issued_before_cutoff(iat, cutoff):
+    """Whether a token issued at ``iat`` may predate the account's cut-off (None: none).
+
+    ``iat`` is whole seconds, rounded down, while the cut-off has microseconds: a token of the
+    cut-off's own second may come from before it or after it, so it is refused too. None can
+    be issued in that second after the cut-off that should work: login and refresh are
+    refused while the account is inactive, and activating it again waits for the next second
+    (``account_admin.set_active``).
+    """
+    return cutoff is not None and iat <= cutoff_second(cutoff)
 
 
 def caller_id():
@@ -66,7 +88,12 @@ def init_app(app):
         g.user_id = payload.get("sub")  # every verified token passes here: log lines name the caller
         row = db.session.execute(TOKEN_STANDING, {"user_id": int(payload["sub"]), "jti": payload["jti"]}).first()
         # The library only lets this say "revoked": _revoked below tells the client which.
-        g.token_refusal = "account_inactive" if row is None or not row.active else "token_revoked" if row.revoked else None
+        if row is None or not row.active:
+            g.token_refusal = "account_inactive"
+        elif row.revoked or issued_before_cutoff(payload.get("iat", 0), row.tokens_valid_after):
+            g.token_refusal = "token_revoked"  # logged out, or issued before a deactivation
+        else:
+            g.token_refusal = None
         return g.token_refusal is not None
 
     @jwt.unauthorized_loader

@@ -1,7 +1,11 @@
 """Account administration: the admin list and its counts, deactivation and its refusals,
-tokens refused at once, the CLI, and a deactivated account's labels left out of training."""
+tokens refused at once and for good, the CLI, and a deactivated account's labels left out
+of training."""
 
 import io
+import math
+import time
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import event
@@ -109,7 +113,7 @@ def test_the_counts_of_a_page_take_one_query_however_many_accounts(app, client, 
 # --- deactivation -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("app", ["sqlite", "postgres"], indirect=True)
-def test_a_deactivated_accounts_tokens_are_refused_at_once_and_work_again_once_active(app, client, auth, replay_digits):
+def test_a_deactivated_accounts_tokens_are_refused_at_once_and_for_good(app, client, auth, replay_digits):
     admin = auth.admin_headers()
     auth.register("mallory", "correct-horse-1")
     access, refresh = tokens(client, "mallory")
@@ -143,9 +147,119 @@ def test_a_deactivated_accounts_tokens_are_refused_at_once_and_work_again_once_a
     again = deactivate(client, admin, mallory)  # idempotent
     assert again.status_code == 200 and again.get_json() == body
     assert deactivate(client, admin, mallory, active=True).get_json()["active"] is True
-    assert client.post("/auth/login", json={"username": "mallory", "password": "correct-horse-1"}).status_code == 200
-    assert client.get("/auth/me", headers=bearer(access)).status_code == 200  # an unexpired token is valid again
+
+    # Active again: the tokens issued before the deactivation stay refused (they may be the
+    # stolen ones it was stopped for), as revoked; a fresh login's tokens work.
+    still_refused = {
+        "v2 predict": client.post("/api/v2/predict", headers=bearer(access), data={"file": (io.BytesIO(png), "d.png")}),
+        "me": client.get("/auth/me", headers=bearer(access)),
+        "refresh": client.post("/auth/refresh", headers=bearer(refresh)),
+        "logout": client.post("/auth/logout", headers=bearer(access)),
+    }
+    assert {name: (r.status_code, r.get_json()["error"]["code"]) for name, r in still_refused.items()} == {
+        name: (401, "token_revoked") for name in still_refused}
+    fresh_access, fresh_refresh = tokens(client, "mallory")
+    assert client.get("/auth/me", headers=bearer(fresh_access)).status_code == 200
+    refreshed = client.post("/auth/refresh", headers=bearer(fresh_refresh))
+    assert refreshed.status_code == 200
+    assert client.get("/auth/me", headers=bearer(refreshed.get_json()["access_token"])).status_code == 200
     assert deactivate(client, admin, mallory, active=True).status_code == 200  # idempotent
+    assert client.get("/auth/me", headers=bearer(fresh_access)).status_code == 200  # ... and cuts nothing off
+
+
+def test_the_cut_off_is_compared_at_whole_seconds_and_refuses_its_own_second():
+    """``iat`` is rounded down to the second: a token of the cut-off's second may predate it."""
+    from app.security import issued_before_cutoff
+
+    cutoff = datetime(2026, 11, 30, 12, 0, 5, 250000, tzinfo=timezone.utc)
+    second = math.floor(cutoff.timestamp())
+    assert issued_before_cutoff(second - 1, cutoff)
+    assert issued_before_cutoff(second, cutoff)  # issued at 12:00:05.0 to .999: perhaps before it
+    assert not issued_before_cutoff(second + 1, cutoff)
+    # SQLite gives the timestamp back without its zone; it is UTC all the same
+    assert issued_before_cutoff(second, cutoff.replace(tzinfo=None))
+    assert not issued_before_cutoff(second + 1, cutoff.replace(tzinfo=None))
+    assert not issued_before_cutoff(second + 1, datetime(2026, 11, 30, 12, 0, 5, tzinfo=timezone.utc))
+    assert not issued_before_cutoff(0, None)  # never deactivated: no cut-off
+
+
+def token_second(app, encoded):
+    from flask_jwt_extended import decode_token
+
+    with app.app_context():
+        return decode_token(encoded)["iat"]
+
+
+@pytest.mark.parametrize("app", ["sqlite", "postgres"], indirect=True)
+def test_a_token_of_the_cut_offs_own_second_is_refused_and_one_of_the_next_second_works(app, client, auth):
+    """The cut-off as stored and read back by each database (timestamptz on PostgreSQL)."""
+    auth.register("alice", "correct-horse-1")
+    access, refresh = tokens(client, "alice")
+    issued = token_second(app, access)
+    alice = user_id(app, "alice")
+
+    def cut_off_at(unix_time):
+        with app.app_context():
+            db.session.get(User, alice).tokens_valid_after = datetime.fromtimestamp(unix_time, timezone.utc)
+            db.session.commit()
+
+    def me():
+        response = client.get("/auth/me", headers=bearer(access))
+        return response.status_code, (response.get_json().get("error") or {}).get("code")
+
+    cut_off_at(issued + 0.999999)  # later in the token's own second
+    assert me() == (401, "token_revoked")
+    cut_off_at(issued)  # at the very start of it: the token may have come after, still refused
+    assert me() == (401, "token_revoked")
+    assert client.post("/auth/refresh", headers=bearer(refresh)).get_json()["error"]["code"] == "token_revoked"
+    cut_off_at(issued - 0.000001)  # the last microsecond of the second before
+    assert me() == (200, None)
+
+
+def test_the_cut_off_is_read_by_the_token_checks_one_statement(app, client, auth):
+    """Statements counted: a request with a cut-off to check costs what one without does."""
+    auth.register("alice", "correct-horse-1")
+    access, _ = tokens(client, "alice")
+
+    def statements_of_me():
+        seen = []
+        with app.app_context():
+            listener = lambda *args: seen.append(args[2])  # noqa: E731  (the statement's text)
+            event.listen(db.engine, "before_cursor_execute", listener)
+            try:
+                assert client.get("/auth/me", headers=bearer(access)).status_code == 200
+            finally:
+                event.remove(db.engine, "before_cursor_execute", listener)
+        return seen
+
+    without = statements_of_me()
+    with app.app_context():
+        db.session.execute(db.update(User).values(tokens_valid_after=datetime(2026, 1, 1, tzinfo=timezone.utc)))
+        db.session.commit()
+    with_cutoff = statements_of_me()
+    assert len(with_cutoff) == len(without)
+    checks = [text for text in with_cutoff if "revoked_tokens" in text]
+    assert len(checks) == 1 and "tokens_valid_after" in checks[0]
+
+
+def test_activating_in_the_deactivations_second_waits_for_the_next_so_a_login_then_works(app, client, auth):
+    """A deactivation undone at once: a login right after gets a token that works, its old one does not."""
+    from app.security import cutoff_second
+    from app.services import account_admin
+
+    auth.register("alice", "correct-horse-1")
+    old, _ = tokens(client, "alice")
+    alice = user_id(app, "alice")
+    with app.app_context():
+        account_admin.set_active(alice, False)
+        account_admin.set_active(alice, True)
+        cutoff = db.session.get(User, alice).tokens_valid_after
+        assert cutoff is not None
+        assert math.floor(time.time()) > cutoff_second(cutoff)  # activation returned only past its second
+    new, _ = tokens(client, "alice")
+    assert token_second(app, new) > cutoff_second(cutoff) >= token_second(app, old)
+    assert client.get("/auth/me", headers=bearer(new)).status_code == 200
+    assert client.get("/auth/me", headers=bearer(old)).get_json()["error"]["code"] == "token_revoked"
 
 
 def test_a_revoked_token_of_an_active_account_is_still_said_to_be_revoked(app, client, auth):
@@ -246,7 +360,8 @@ def test_cli_deactivates_activates_and_lists_with_the_same_refusals(app, client,
 
     assert runner.invoke(args=["users", "deactivate", "alice"]).exit_code == 0  # idempotent
     assert runner.invoke(args=["users", "activate", "alice"]).exit_code == 0
-    assert client.get("/auth/me", headers=bearer(access)).status_code == 200
+    assert client.get("/auth/me", headers=bearer(access)).get_json()["error"]["code"] == "token_revoked"
+    assert client.get("/auth/me", headers=bearer(tokens(client, "alice")[0])).status_code == 200
 
     last = runner.invoke(args=["users", "deactivate", "root"])
     assert last.exit_code != 0 and "last_admin" in last.output

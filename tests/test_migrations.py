@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+from datetime import datetime, timezone
 
+import pytest
 import sqlalchemy as sa
 
 from support import ROOT
@@ -86,3 +88,47 @@ def test_0002_adds_the_onnx_hash_and_the_cli_exports_versions_saved_before_it(tm
     with engine.connect() as connection:  # the rows survive the batch-mode table rebuild
         assert connection.execute(sa.text("SELECT version FROM model_versions")).scalars().all() == ["base-1"]
     engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_0004_adds_the_token_cut_off_and_its_downgrade_keeps_the_accounts(database, tmp_path, postgres_database):
+    """Accounts from before 0004 get no cut-off; down to 0003 and up again, on both databases."""
+    import os
+
+    if database == "postgres":
+        url = postgres_database()
+        engine_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    else:
+        url = engine_url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    env = {**os.environ, "DATABASE_URL": url, "INSTANCE_PATH": str(tmp_path), "APP_ENV": "development"}
+    assert flask_cli("db", "upgrade", "0003_feedback_trust", env=env).returncode == 0
+    engine = sa.create_engine(engine_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(
+                "INSERT INTO users (username, password_hash, role, active, created_at) "
+                "VALUES ('old', 'x', 'user', :active, '2026-11-01 00:00:00')"), {"active": True})
+
+        def columns():
+            return {c["name"]: c for c in sa.inspect(engine).get_columns("users")}
+
+        up = flask_cli("db", "upgrade", env=env)
+        assert up.returncode == 0, up.stderr
+        assert columns()["tokens_valid_after"]["nullable"]
+        with engine.begin() as connection:
+            assert connection.execute(sa.text("SELECT tokens_valid_after FROM users")).scalar_one() is None
+            connection.execute(sa.text("UPDATE users SET tokens_valid_after = :at"),
+                               {"at": datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=timezone.utc)})
+
+        down = flask_cli("db", "downgrade", "0003_feedback_trust", env=env)
+        assert down.returncode == 0, down.stderr
+        assert "tokens_valid_after" not in columns()
+        with engine.connect() as connection:  # the account survives SQLite's batch-mode table rebuild
+            assert connection.execute(sa.text("SELECT username, active FROM users")).all() == [("old", True)]
+
+        again = flask_cli("db", "upgrade", env=env)
+        assert again.returncode == 0, again.stderr
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT username, tokens_valid_after FROM users")).all() == [("old", None)]
+    finally:
+        engine.dispose()

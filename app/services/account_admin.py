@@ -3,16 +3,21 @@
 A deactivated account cannot log in or refresh, its tokens are refused at once on every
 endpoint (``app.security``), and its labels are left out of training and of the trust
 rules' evidence (``app.services.trust.load_feedback``). Nothing of it is deleted:
-activating it again brings all of that back.
+activating it again brings all of that back, except its old tokens: every token issued
+before the deactivation stays refused (the account was perhaps stopped because they were
+stolen), so its owner logs in again.
 """
 
 import logging
+import time
+from datetime import datetime, timezone
 
 from sqlalchemy import func
 
 from app.entities import FEEDBACK_STATUSES, Feedback, User
 from app.errors import Conflict, NotFound
 from app.extensions import db
+from app.security import cutoff_second
 from app.services.accounts import get_user
 from app.services.pagination import page_body, page_of
 
@@ -83,6 +88,13 @@ def set_active(user_id, active, *, by=None):
             if set(admins) <= {user.id}:
                 db.session.rollback()
                 raise Conflict("the last active admin cannot be deactivated", code="last_admin")
+        user.tokens_valid_after = datetime.now(timezone.utc)
+    elif user.tokens_valid_after is not None:
+        # Tokens of the cut-off's own second are refused (their whole-second ``iat`` cannot
+        # say whether they came before it), so a login in that second after activation would
+        # get a token refused at once: activation waits, at most a second, for the next one.
+        # Only a deactivation undone within the same second ever waits.
+        time.sleep(max(0.0, cutoff_second(user.tokens_valid_after) + 1 - time.time()))
     user.active = active
     db.session.commit()
     log.info("account %s (id %d) %s by %s", user.username, user.id, "activated" if active else "deactivated",

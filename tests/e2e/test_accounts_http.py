@@ -2,7 +2,8 @@
 
 An admin deactivates an account whose tokens are in use: its very next request is refused
 by whichever worker takes it; the admin's own and the last admin's deactivation are
-refused; the command line does the same as the API; activated again, the account logs in.
+refused; the command line does the same as the API; activated again, the account logs in,
+and the tokens it had before stay refused on every worker.
 """
 
 import pytest
@@ -63,8 +64,11 @@ def test_a_deactivated_account_is_refused_on_every_worker_at_once(live_server, r
     assert last.returncode != 0 and "last_admin" in last.stderr, (last.stdout, last.stderr)
     assert requests.get(server.url + "/admin/users", headers=admin, timeout=30).status_code == 200
 
-    # Activated again (from the command line): the account logs in and predicts.
+    # Activated again (from the command line): its old tokens stay refused on every worker,
+    # the account logs in and predicts.
     server.cli("users", "activate", "mallory")
+    assert {code(r) for r in ask_every_worker(predict)} == {(401, "token_revoked")}
+    assert code(requests.post(server.url + "/auth/refresh", headers=refresh, timeout=30)) == (401, "token_revoked")
     again = requests.post(server.url + "/auth/login", json={"username": "mallory", "password": "mallory-password-1"},
                           timeout=30)
     assert again.status_code == 200
