@@ -407,8 +407,8 @@ def test_accounts_deactivate_and_activate_again_and_never_oneself(browser, live_
     x, y = replay_digits
     image = png(x[0])
 
-    def predict():
-        return requests.post(server.url + "/api/v2/predict", headers=user, timeout=30,
+    def predict(headers=user):
+        return requests.post(server.url + "/api/v2/predict", headers=headers, timeout=30,
                              files={"file": ("d.png", image, "image/png")})
 
     feedback_ids = []
@@ -468,7 +468,7 @@ def test_accounts_deactivate_and_activate_again_and_never_oneself(browser, live_
     page.click("#accounts-all")
     page.wait_for_selector(row)
 
-    # Activated again by keyboard: the same token works once more.
+    # Activated again by keyboard: the account signs in again (the tokens it had stay refused).
     page.focus(f"{row} button.toggle-active")
     page.keyboard.press("Enter")
     page.wait_for_selector("#accounts-status:text('labeller is active again')")
@@ -476,7 +476,9 @@ def test_accounts_deactivate_and_activate_again_and_never_oneself(browser, live_
     assert page.evaluate(f"() => document.activeElement.matches(\"{row} button.toggle-active:focus-visible\")")
     assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
     assert page.text_content(f"{row} td.account-active") == "active"
-    assert predict().status_code == 200
+    old_token = predict()
+    assert (old_token.status_code, old_token.json()["error"]["code"]) == (401, "token_revoked")
+    assert predict(server.token("labeller", USER_PASSWORD)).status_code == 200
 
     # One's own account: the API's 409 is shown and nothing changes.
     tab.expected_refusals.append(("/admin/users/", 409))

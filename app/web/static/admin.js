@@ -441,7 +441,7 @@ async function setActive(user, active) {
   }
   if (!await loadAccounts()) return;
   status.textContent = changed.active
-    ? `${changed.username} is active again: they can sign in, and their labels count.`
+    ? `${changed.username} is active again: they can sign in (the tokens they had stay refused), and their labels count.`
     : `${changed.username} is deactivated: their tokens are refused and their labels left out of training.`;
   const again = document.querySelector(`#accounts button.toggle-active[data-user-id="${changed.id}"]`);
   (again || $("accounts-title")).focus();
