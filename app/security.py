@@ -9,17 +9,19 @@ from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
 from sqlalchemy import bindparam, exists, select
 
 from app.entities import RevokedToken, User
-from app.errors import Forbidden, Unauthorized, error_response
+from app.errors import Forbidden, error_response
 from app.extensions import db, jwt
 
 # Run on every authenticated request, so built once, on the tables: building the Select and
 # its ORM compile state each time cost more than the lookup. One statement, two indexed
 # probes (the caller's row by primary key, the token's jti): no row means the account was
 # deleted. Never cached: a token revoked, or an account deactivated, on one worker is
-# refused by all of them at once. The row's cut-off comes along in the same statement.
+# refused by all of them at once. The row's cut-off and role (for ``role_required``) come
+# along in the same statement.
 _USERS, _REVOKED = User.__table__, RevokedToken.__table__
 TOKEN_STANDING = select(
     _USERS.c.active,
+    _USERS.c.role,
     _USERS.c.tokens_valid_after,
     exists().where(_REVOKED.c.jti == bindparam("jti")).label("revoked"),
 ).where(_USERS.c.id == bindparam("user_id"))
@@ -53,24 +55,17 @@ def role_required(role):
     """Allow only a token whose ``role`` claim is ``role``, of an active account that still
     has that role.
 
-    The claim is checked first (no lookup for the wrong role); then one primary-key lookup,
-    because the claim alone would let a demoted admin in until the access token expires
-    (a deactivated or deleted one is already refused by the token check in ``init_app``;
-    the lookup says so too if it happened in between). Only admin endpoints pay it;
-    ``required_role`` on the view lets tests find every endpoint that needs a role.
+    The claim alone would let a demoted admin in until the access token expires, so the
+    role the account has now counts too: the token check in ``init_app`` read it in the
+    statement that refuses a deactivated or deleted account. ``required_role`` on the view
+    lets tests find every endpoint that needs a role.
     """
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
             verify_jwt_in_request()
-            claims = get_jwt()
-            if claims.get("role") != role:
-                raise Forbidden(f"this endpoint requires the {role} role")
-            user = db.session.get(User, int(claims["sub"]))
-            if user is None or not user.active:
-                raise Unauthorized("account is no longer active", code="account_inactive")
-            if user.role != role:
+            if get_jwt().get("role") != role or g.account_role != role:
                 raise Forbidden(f"this endpoint requires the {role} role")
             return view(*args, **kwargs)
 
@@ -87,6 +82,7 @@ def init_app(app):
     def _is_refused(_header, payload):
         g.user_id = payload.get("sub")  # every verified token passes here: log lines name the caller
         row = db.session.execute(TOKEN_STANDING, {"user_id": int(payload["sub"]), "jti": payload["jti"]}).first()
+        g.account_role = row.role if row is not None else None
         # The library only lets this say "revoked": _revoked below tells the client which.
         if row is None or not row.active:
             g.token_refusal = "account_inactive"
