@@ -194,6 +194,14 @@ def next_base_version():
     return f"base-{max(numbers, default=0) + 1}"
 
 
+def start_tensorflow():
+    """Import TensorFlow in this process with its thread pools sized by the settings (before
+    its runtime starts; later calls change nothing). Only processes that train call it."""
+    from app.ml.training import configure_tensorflow
+
+    configure_tensorflow(current_app.config["TF_INTRA_OP_THREADS"], current_app.config["TF_INTER_OP_THREADS"])
+
+
 def train_base_version(data_dir, *, epochs=None, seed=0, eval_dir=None, activate=True, progress=None):
     """Train a model from scratch on MNIST-format data and register it (the CLI's train-base),
     calibrated on digits of ``data_dir`` it did not train on."""
@@ -201,9 +209,9 @@ def train_base_version(data_dir, *, epochs=None, seed=0, eval_dir=None, activate
     from app.ml.calibration import calibrate
     from app.ml.datasets import as_float_images, load_labelled, load_mnist
     from app.ml.evaluation import accuracy
-    from app.ml.training import configure_tensorflow, train_base
+    from app.ml.training import train_base
 
-    configure_tensorflow(current_app.config["TF_INTRA_OP_THREADS"], current_app.config["TF_INTER_OP_THREADS"])
+    start_tensorflow()
     ensure_active_version()  # the shipped model keeps its name, the new one follows it
     x, y, x_held, y_held = calibration_split(*load_mnist(data_dir), seed=seed)
     kwargs = {"seed": seed, "progress": progress}

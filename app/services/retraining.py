@@ -211,10 +211,10 @@ def run_job(job_id):
         # keeps it until it restarts. Serving alone never imports it.
         from app.ml.datasets import load_replay
         from app.ml.jobs import run_retrain
-        from app.ml.training import FT_REPLAY_RATIO, configure_tensorflow
+        from app.ml.training import FT_REPLAY_RATIO
         from app.services import trust
 
-        configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
+        model_versions.start_tensorflow()
         if live is None:
             raise RuntimeError("no active model to retrain from")
         x_replay, y_replay, replay_holdout = load_replay(config["MODEL_DIR"])

@@ -107,13 +107,11 @@ def assess(live, *, apply=True):
 
     from app.ml import trust
     from app.ml.network import probabilities_and_embeddings
-    from app.ml.training import configure_tensorflow
-    from app.services.model_versions import keras_path
+    from app.services.model_versions import keras_path, start_tensorflow
 
-    config = current_app.config
-    configure_tensorflow(config["TF_INTRA_OP_THREADS"], config["TF_INTER_OP_THREADS"])
+    start_tensorflow()
     feedback = load_feedback()
-    rules = trust.TrustRules.from_config(config)
+    rules = trust.TrustRules.from_config(current_app.config)
     if len(feedback):
         model = keras.models.load_model(keras_path(live), compile=False)
         probs, embeddings = probabilities_and_embeddings(model, feedback.x)
