@@ -496,7 +496,7 @@ def main():
     rows = [r for r in ROWS if r in args.only]
     wanted = {ROWS[r][2] for r in rows} | ({"service"} if "retrain" in args.only else set())
     started_at = dt.datetime.now(dt.timezone.utc)
-    results = {"cells": {}, "servers": {}, "retrain": {}, "mixed": None, "load_before": os.getloadavg()[0]}
+    results = {"cells": {}, "servers": {}, "retrain": {}, "mixed": None, "alternating": None, "load_before": os.getloadavg()[0]}
     stoppers = []  # called in reverse order at exit, whatever happens
 
     def on_term(*_):
@@ -594,7 +594,7 @@ def report(args, results, started_at):
     lines.append("| v2 p50 / /health p50, separate cells | "
                  + " | ".join(xfmt(ratio(p50("v2", c), p50("health", c))) for c in conc)
                  + " | ≤ 3.5x at c=1 (one request at a time) |")
-    alternating = results.get("alternating")
+    alternating = results["alternating"]
     if alternating:
         lines.append(f"| v2 p50 / /health p50, one client sending them in turns | "
                      f"{xfmt(ratio(alternating['v2']['p50'], alternating['health']['p50']))} "
